@@ -1,0 +1,230 @@
+"""Public entry points: apply_adapter / remove_adapter / AdapterHandle and load-time patching."""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Mapping
+
+from .config import AdapterConfig
+from .errors import AdapterError
+from .intercept import wrap_forward, wrap_generate
+from .pooling import pooled_frame_sizes
+from .registry import family_for, supported_models
+
+_HANDLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_HANDLES_LOCK = threading.Lock()
+
+
+class AdapterHandle:
+    """Everything apply_adapter installed on one model instance; `remove()` takes all of it off again."""
+
+    def __init__(self, model, family, config: AdapterConfig):
+        self.model = model
+        self.family = family
+        self.config = config
+        self._stats = threading.local()
+        self._patched: list[tuple[object, str, bool, object]] = []
+        self._hooks: list = []
+        self._removed = False
+
+    # --- results of the last call --------------------------------------------------------------
+    @property
+    def last_stats(self) -> list[dict]:
+        """Per video of the last adapted call (this thread): frames, tokens before/after pooling, RoPE factor."""
+        return getattr(self._stats, "value", [])
+
+    @property
+    def last_attention_mask(self):
+        """The attention mask of the last adapted call's rewritten sequence (for manual decode loops)."""
+        return getattr(self._stats, "attention_mask", None)
+
+    def _record(self, prepared) -> None:
+        self._stats.value = prepared.stats
+        self._stats.attention_mask = prepared.rewritten.attention_mask
+
+    # --- install / remove ----------------------------------------------------------------------
+    def _patch_attr(self, obj, name: str, value) -> None:
+        had_own = name in obj.__dict__
+        self._patched.append((obj, name, had_own, obj.__dict__.get(name)))
+        setattr(obj, name, value)
+
+    def _install(self) -> None:
+        model = self.model
+        self._patch_attr(model, "forward", wrap_forward(self, model.forward))
+        self._patch_attr(model, "generate", wrap_generate(self, model.generate))
+
+    def remove(self) -> None:
+        """Restore the stock model bit-exactly (instance attributes and hooks); idempotent."""
+        if self._removed:
+            return
+        for hook in reversed(self._hooks):
+            hook.remove()
+        self._hooks.clear()
+        for obj, name, had_own, previous in reversed(self._patched):
+            if had_own:
+                setattr(obj, name, previous)
+            else:
+                delattr(obj, name)
+        self._patched.clear()
+        with _HANDLES_LOCK:
+            if _HANDLES.get(self.model) is self:
+                del _HANDLES[self.model]
+        self._removed = True
+
+    def __enter__(self) -> AdapterHandle:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+    def __repr__(self) -> str:
+        state = "removed" if self._removed else "active"
+        return f"AdapterHandle({type(self.model).__name__}, {state}, config={self.config.to_dict()})"
+
+
+def _resolve_config(model_type: str, config, overrides: Mapping) -> AdapterConfig:
+    if config is None:
+        config = AdapterConfig.preset(model_type)
+    elif isinstance(config, Mapping):
+        config = AdapterConfig.from_dict(config)
+    elif isinstance(config, str):
+        config = AdapterConfig.from_json(config)
+    elif not isinstance(config, AdapterConfig):
+        raise AdapterError(
+            f"config must be an AdapterConfig, a dict, a JSON string or None, got {type(config).__name__}"
+        )
+    return config.replace(**overrides) if overrides else config
+
+
+def _check_model(model, family) -> None:
+    for dotted in family.required:
+        obj = model
+        for part in dotted.split("."):
+            if not hasattr(obj, part):
+                raise AdapterError(
+                    f"{type(model).__name__} has no attribute {dotted!r}, which the {family.model_types[0]} patch "
+                    "hooks; this transformers version changed the model layout. Use a supported transformers "
+                    "release (see README, Compatibility) or report it."
+                )
+            obj = getattr(obj, part)
+
+
+def _check_grid(model, family, config: AdapterConfig) -> None:
+    """Refuse spatial windows the model's frame grid cannot hold now; frame counts are checked per call."""
+    if config.pooling:
+        height, width = family.frame_grid(model.config)
+        pooled_frame_sizes(_frames_every_stage_accepts(config.pooling), height, width, config.pooling)
+
+
+def _frames_every_stage_accepts(stages) -> int:
+    frames = 1
+    for stage in stages:
+        for key in ("kernel", "stride", "output"):
+            value = stage.get(key)
+            if value is not None:
+                frames *= value if isinstance(value, int) else value[0]
+    return frames
+
+
+def apply_adapter(model, config: AdapterConfig | Mapping | str | None = None, **overrides) -> AdapterHandle:
+    """Install the adapter on this model instance and return the handle that removes it.
+
+    config: an AdapterConfig, a dict or JSON string of one, or None for the family preset; keyword overrides
+    replace single fields (e.g. `pooling=None`). Refusals raise AdapterError and leave the model untouched.
+    """
+    model_config = getattr(model, "config", None)
+    model_type = getattr(model_config, "model_type", None)
+    family = family_for(model_type)
+    if model in _HANDLES:
+        raise AdapterError(
+            "this model already has an adapter applied; call handle.remove() (or remove_adapter(model)) "
+            "before applying another config"
+        )
+    resolved = _resolve_config(model_type, config, overrides)
+    _check_model(model, family)
+    _check_grid(model, family, resolved)
+    with _HANDLES_LOCK:
+        if model in _HANDLES:
+            raise AdapterError("this model already has an adapter applied (by another thread); remove it first")
+        handle = AdapterHandle(model, family, resolved)
+        _HANDLES[model] = handle
+    try:
+        handle._install()
+    except BaseException:
+        handle.remove()
+        raise
+    return handle
+
+
+def remove_adapter(model) -> None:
+    """Remove whatever adapter is on `model` (no-op when none is)."""
+    handle = _HANDLES.get(model)
+    if handle is not None:
+        handle.remove()
+
+
+def get_adapter(model) -> AdapterHandle | None:
+    """The active handle of a model, or None."""
+    return _HANDLES.get(model)
+
+
+# --- load-time patching ------------------------------------------------------------------------
+_PATCHED_LOADERS: dict[type, object] = {}
+
+
+def _model_classes():
+    import transformers
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    names = (MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES.get(t) for t in supported_models())
+    return [getattr(transformers, name) for name in names if name is not None]
+
+
+def from_pretrained(name_or_path, adapter: AdapterConfig | Mapping | str | None = None, **hf_kwargs):
+    """Load a supported checkpoint with the adapter applied (`adapter=None` means the family preset)."""
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    hf_config = AutoConfig.from_pretrained(name_or_path, **_config_kwargs(hf_kwargs))
+    family_for(hf_config.model_type)  # refuse unsupported models before loading weights
+    _resolve_config(hf_config.model_type, adapter, {})
+    model = AutoModelForImageTextToText.from_pretrained(name_or_path, **hf_kwargs)
+    if model in _HANDLES:  # patch_transformers already adapted it
+        _HANDLES[model].remove()
+    apply_adapter(model, adapter)
+    return model
+
+
+def _config_kwargs(hf_kwargs: Mapping) -> dict:
+    keys = ("revision", "trust_remote_code", "cache_dir", "local_files_only", "token")
+    return {k: hf_kwargs[k] for k in keys if k in hf_kwargs}
+
+
+def patch_transformers(config: AdapterConfig | Mapping | str | None = None) -> None:
+    """Make `from_pretrained` of every supported class return adapted models until unpatch_transformers()."""
+    if _PATCHED_LOADERS:
+        raise AdapterError("transformers is already patched; call unpatch_transformers() first")
+    frozen = _resolve_config(None, config, {}) if config is not None else None
+    for cls in _model_classes():
+        _PATCHED_LOADERS[cls] = cls.__dict__.get("from_pretrained")
+        cls.from_pretrained = classmethod(_adapting_loader(cls.from_pretrained.__func__, frozen))
+
+
+def _adapting_loader(inner, config):
+    def from_pretrained(klass, *args, **kwargs):
+        model = inner(klass, *args, **kwargs)
+        if model not in _HANDLES:
+            apply_adapter(model, config)
+        return model
+
+    return from_pretrained
+
+
+def unpatch_transformers() -> None:
+    """Undo patch_transformers(); models already loaded keep their adapters."""
+    for cls, original in _PATCHED_LOADERS.items():
+        if original is None:
+            del cls.from_pretrained
+        else:
+            cls.from_pretrained = original
+    _PATCHED_LOADERS.clear()

@@ -1,0 +1,107 @@
+"""AdapterConfig: the plain, JSON-able description of what the adapter does to a model."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from .errors import AdapterError
+from .pooling import normalize_pooling
+
+_ROPE_KEYS = ("type", "visual_window", "scope", "alpha", "beta", "attention_factor", "factor")
+
+# The paper's progressive defaults (group 4, strides 2 then 8) expressed on each family's own grid.
+_PROGRESSIVE_27 = {"type": "progressive", "group": 4, "strides": [2, 8], "mode": "bilinear"}
+_PRESETS: dict[str, dict[str, Any]] = {
+    # OneVision pools the 27x27 SigLIP grid in place of its built-in bilinear 2x: stride 2 = stock resolution.
+    "llava_onevision": {"pooling": _PROGRESSIVE_27},
+    # LLaVA-1.5 / LLaVA-NeXT (base tile): 24x24 CLIP grid; stride 2 -> 144 tokens, stride 8 -> 9 tokens.
+    "llava": {"pooling": _PROGRESSIVE_27},
+    "llava_next": {"pooling": _PROGRESSIVE_27},
+    # LLaVA-NeXT-Video already pools 2x (24x24 -> 12x12) before its projector: halve the strides.
+    "llava_next_video": {"pooling": {"type": "progressive", "group": 4, "strides": [1, 4], "mode": "bilinear"}},
+}
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    """What to pool and how to extend RoPE; every value is plain data so ablations are one dict away.
+
+    pooling: None, one stage dict, or a list of stage dicts applied in order (see README "Pooling").
+    rope: None or a dict (visual context window extension; see README "RoPE").
+    pool_single_images: on classes that take frames as images (LLaVA, LLaVA-NeXT), a run of one image is
+        left stock unless this is True.
+    """
+
+    pooling: tuple[dict, ...] | None = None
+    rope: dict | None = None
+    pool_single_images: bool = False
+
+    def __post_init__(self):
+        stages = normalize_pooling(self.pooling)
+        object.__setattr__(self, "pooling", stages or None)
+        object.__setattr__(self, "rope", _normalize_rope(self.rope))
+        if not isinstance(self.pool_single_images, bool):
+            raise AdapterError(f"pool_single_images must be true or false, got {self.pool_single_images!r}")
+
+    # --- serialization -------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {
+            "pooling": copy.deepcopy(list(self.pooling)) if self.pooling else None,
+            "rope": copy.deepcopy(self.rope),
+            "pool_single_images": self.pool_single_images,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> AdapterConfig:
+        if not isinstance(data, Mapping):
+            raise AdapterError(f"an adapter config must be a mapping, got {type(data).__name__}")
+        allowed = {f.name for f in fields(cls) if f.init}
+        unknown = sorted(set(data) - allowed)
+        if unknown:
+            raise AdapterError(f"unknown adapter config key(s) {unknown}; allowed keys are {sorted(allowed)}")
+        return cls(**copy.deepcopy(dict(data)))
+
+    def to_json(self, **kwargs) -> str:
+        return json.dumps(self.to_dict(), **kwargs)
+
+    @classmethod
+    def from_json(cls, text: str) -> AdapterConfig:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise AdapterError(f"adapter config is not valid JSON: {exc}") from exc
+        return cls.from_dict(data)
+
+    def replace(self, **overrides) -> AdapterConfig:
+        """A copy with some fields changed (validated like a new config)."""
+        data = self.to_dict()
+        unknown = sorted(set(overrides) - set(data))
+        if unknown:
+            raise AdapterError(f"unknown adapter config key(s) {unknown}; allowed keys are {sorted(data)}")
+        data.update(overrides)
+        return AdapterConfig.from_dict(data)
+
+    @classmethod
+    def preset(cls, model_type: str) -> AdapterConfig:
+        """The family default: the paper's progressive pooling on the family's grid."""
+        if model_type not in _PRESETS:
+            raise AdapterError(f"no preset for model_type {model_type!r}; presets exist for {sorted(_PRESETS)}")
+        return cls.from_dict(_PRESETS[model_type])
+
+
+def _normalize_rope(rope) -> dict | None:
+    if rope is None:
+        return None
+    if not isinstance(rope, Mapping):
+        raise AdapterError(f"rope must be None or a dict, got {type(rope).__name__}")
+    unknown = sorted(set(rope) - set(_ROPE_KEYS))
+    if unknown:
+        raise AdapterError(f"unknown rope key(s) {unknown}; allowed keys are {list(_ROPE_KEYS)}")
+    raise AdapterError(
+        "the visual RoPE extension is not implemented yet in this version; pass rope=None "
+        "(the field exists so configs stay stable when it lands)"
+    )

@@ -1,0 +1,68 @@
+"""What a family patch tells the core: where features come from, in what grid, and how to hand them back."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class Segment:
+    """The visual features behind one placeholder run, in the layout pooling understands.
+
+    grid: (T, H, W, D) features to pool, or None when the run stays stock (`fixed` then holds its features).
+    tail: (m, D) features appended after the pooled tokens (LLaVA-OneVision's one newline per video).
+    """
+
+    stock_tokens: int
+    grid: torch.Tensor | None = None
+    tail: torch.Tensor | None = None
+    fixed: torch.Tensor | None = None
+
+    @property
+    def frames(self) -> int:
+        return 0 if self.grid is None else self.grid.shape[0]
+
+
+@dataclass(frozen=True)
+class VisualFamily:
+    """Per-family knowledge as data; the core (intercept.py) does the rest.
+
+    encode(model, encoder_kwargs, run_lengths, config) -> (segments, template_output)
+        run the stock encoder (wrapped, never copied) and cut its output into one Segment per placeholder run.
+    pack(template_output, features) -> the `mm_encoder_outputs[modality]` value the stock forward expects,
+        given one (n_i, D) tensor per run.
+    """
+
+    model_types: tuple[str, ...]
+    modality: str  # key in mm_encoder_outputs: "image" or "video"
+    token_attr: str  # config attribute holding the placeholder id
+    pixel_keys: tuple[str, ...]  # call kwargs that carry this modality's pixels
+    encoder_name: str  # method of model.model that encodes this modality
+    required: tuple[str, ...]  # dotted attributes of the top model the patch relies on
+    frame_grid: Callable  # config -> (H, W) per frame of the grid pooling acts on
+    encode: Callable
+    pack: Callable
+    notes: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def token_id(self, config) -> int:
+        return getattr(config, self.token_attr)
+
+
+@contextlib.contextmanager
+def swapped(obj, name: str, replacement):
+    """Temporarily shadow a method on one instance (never the class), restoring it in `finally`."""
+    had_own = name in obj.__dict__
+    previous = obj.__dict__.get(name)
+    setattr(obj, name, replacement)
+    try:
+        yield
+    finally:
+        if had_own:
+            setattr(obj, name, previous)
+        else:
+            delattr(obj, name)

@@ -1,0 +1,186 @@
+"""The call path of an adapted model: encode, pool, rewrite placeholders, call the stock forward/generate.
+
+Stock `forward` and `generate` both accept pre-computed `mm_encoder_outputs`, so the adapter never copies an HF
+forward: it encodes with the stock encoder, pools, shrinks the placeholder runs, and hands everything to the
+original bound method. Calls without visual input (including every decode step) go straight through.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from dataclasses import dataclass, field
+
+import torch
+
+from .errors import AdapterError
+from .pooling import pool_video
+from .tokens import Rewritten, find_runs, resize_runs, to_caller_layout
+
+
+@dataclass
+class Prepared:
+    call: dict
+    rewritten: Rewritten
+    caller_input_ids: torch.Tensor
+    stats: list[dict] = field(default_factory=list)
+
+
+def bind_call(signature: inspect.Signature, args: tuple, kwargs: dict) -> dict:
+    """Positional and keyword arguments as one flat dict of keyword arguments."""
+    bound = signature.bind_partial(*args, **kwargs)
+    call = {}
+    for name, value in bound.arguments.items():
+        if signature.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
+            call.update(value)
+        else:
+            call[name] = value
+    return call
+
+
+def prepare(handle, call: dict) -> Prepared | None:
+    """Pool this call's visual input, or return None when there is nothing to do (stock path)."""
+    family, config, model = handle.family, handle.config, handle.model
+    if not config.pooling:
+        return None
+    if not any(call.get(key) is not None for key in family.pixel_keys):
+        return None
+    input_ids = call.get("input_ids")
+    if input_ids is None:
+        raise AdapterError(
+            "pooling needs input_ids to find the visual placeholders, but the call passed inputs_embeds; "
+            "pass input_ids (as the processor returns them) or disable pooling with pooling=None"
+        )
+    if call.get("position_ids") is not None:
+        raise AdapterError(
+            "pooling changes the sequence length, so caller-given position_ids cannot be honoured; "
+            "drop position_ids (the model derives them from attention_mask)"
+        )
+    if (call.get("mm_encoder_outputs") or {}).get(family.modality) is not None:
+        raise AdapterError(f"pass either pixels or mm_encoder_outputs[{family.modality!r}], not both")
+    logits_to_keep = call.get("logits_to_keep", 0)
+    if isinstance(logits_to_keep, torch.Tensor):
+        raise AdapterError("logits_to_keep as a tensor of indices is not supported while pooling; pass an int")
+
+    runs = find_runs(input_ids, family.token_id(model.config))
+    encoder = getattr(model.model, family.encoder_name)
+    accepted = inspect.signature(encoder).parameters
+    encoder_kwargs = {k: call[k] for k in accepted if k in call and k != "kwargs"}
+    segments, template = family.encode(model, encoder_kwargs, [r.length for r in runs], config)
+    if len(segments) != len(runs):
+        raise AdapterError(
+            f"the input holds {len(runs)} {family.modality} placeholder runs but the pixels encode to "
+            f"{len(segments)} {family.modality}s; feed input_ids and pixels from the same processor call"
+        )
+
+    features, stats = [], []
+    for run, seg in zip(runs, segments):
+        if seg.stock_tokens != run.length:
+            raise AdapterError(
+                f"row {run.row}: a {family.modality} run has {run.length} placeholder tokens but its pixels give "
+                f"{seg.stock_tokens} features; feed input_ids and pixels from the same processor call"
+            )
+        if seg.grid is None:
+            feats = seg.fixed
+        else:
+            feats = pool_video(seg.grid, config.pooling).flatten()
+            if seg.tail is not None:
+                feats = torch.cat([feats, seg.tail.to(feats.dtype)], dim=0)
+        features.append(feats)
+        stats.append(
+            {
+                "row": run.row,
+                "frames": seg.frames,
+                "grid": None if seg.grid is None else list(seg.grid.shape[:3]),
+                "tokens_before": run.length,
+                "tokens_after": int(feats.shape[0]),
+                "pooled": seg.grid is not None,
+                "rope_factor": None,
+            }
+        )
+
+    pad_id = _pad_token_id(model.config)
+    rewritten = resize_runs(
+        input_ids,
+        runs,
+        [f.shape[0] for f in features],
+        attention_mask=call.get("attention_mask"),
+        labels=call.get("labels"),
+        pad_token_id=pad_id,
+    )
+    new_call = {k: v for k, v in call.items() if k not in family.pixel_keys}
+    new_call["input_ids"] = rewritten.input_ids
+    if rewritten.attention_mask is not None:
+        new_call["attention_mask"] = rewritten.attention_mask
+    if call.get("labels") is not None:
+        new_call["labels"] = rewritten.labels
+    encoded = dict(call.get("mm_encoder_outputs") or {})
+    encoded[family.modality] = family.pack(template, features)
+    new_call["mm_encoder_outputs"] = encoded
+    return Prepared(new_call, rewritten, input_ids, stats)
+
+
+def _pad_token_id(config) -> int:
+    for cfg in (config, getattr(config, "text_config", None)):
+        pad = getattr(cfg, "pad_token_id", None) if cfg is not None else None
+        if pad is not None:
+            return int(pad)
+    return 0
+
+
+def wrap_forward(handle, original):
+    signature = inspect.signature(original)
+
+    @functools.wraps(original)
+    def forward(*args, **kwargs):
+        call = bind_call(signature, args, kwargs)
+        prepared = prepare(handle, call)
+        if prepared is None:
+            return original(*args, **kwargs)
+        handle._record(prepared)
+        new_call = prepared.call
+        caller_to_new = prepared.rewritten.caller_to_new
+        new_len = prepared.rewritten.input_ids.shape[1]
+        keep = int(call.get("logits_to_keep", 0) or 0)
+        offset = 0
+        if keep > 0:
+            # The caller's last `keep` positions; compute logits from the earliest of them that survived.
+            tail = caller_to_new[:, -keep:]
+            valid = tail[tail >= 0]
+            first = int(valid.min()) if valid.numel() else new_len - 1
+            new_call["logits_to_keep"] = new_len - first
+            offset = first
+        output = original(**new_call)
+        if getattr(output, "logits", None) is not None:
+            mapping = caller_to_new[:, -keep:] if keep > 0 else caller_to_new
+            output.logits = to_caller_layout(output.logits, mapping, offset)
+        return output
+
+    return forward
+
+
+def wrap_generate(handle, original):
+    signature = inspect.signature(original)
+
+    @functools.wraps(original)
+    def generate(*args, **kwargs):
+        call = bind_call(signature, args, kwargs)
+        if call.get("inputs") is not None and call.get("input_ids") is None:
+            call["input_ids"] = call.pop("inputs")
+        prepared = prepare(handle, call)
+        if prepared is None:
+            return original(*args, **kwargs)
+        handle._record(prepared)
+        output = original(**prepared.call)
+        new_len = prepared.rewritten.input_ids.shape[1]
+        sequences = output if isinstance(output, torch.Tensor) else output.sequences
+        caller = prepared.caller_input_ids
+        if sequences.shape[0] != caller.shape[0]:  # num_return_sequences / beams expand the batch
+            caller = caller.repeat_interleave(sequences.shape[0] // caller.shape[0], dim=0)
+        restored = torch.cat([caller.to(sequences.device), sequences[:, new_len:]], dim=1)
+        if isinstance(output, torch.Tensor):
+            return restored
+        output.sequences = restored
+        return output
+
+    return generate

@@ -1,0 +1,143 @@
+"""Rewrite placeholder runs so every per-token tensor of a call stays consistent after pooling.
+
+Pure tensor code (no transformers import). A caller's row keeps its text and padding; each placeholder run is
+right-aligned to its old end (it keeps its *last* positions when it shrinks, gains positions in front when it
+grows), so the token before the first text token after a video is still the last visual token, and logits of
+kept positions map back to the caller's layout one to one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .errors import AdapterError
+
+
+@dataclass(frozen=True)
+class Run:
+    row: int
+    start: int
+    length: int
+
+
+@dataclass
+class Rewritten:
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor | None
+    labels: torch.Tensor | None
+    caller_to_new: torch.Tensor  # (B, L_caller) index into the new layout, -1 where a position was dropped
+    new_to_caller: torch.Tensor  # (B, L_new) index into the caller layout, or PADDED / INSERTED
+
+
+def find_runs(input_ids: torch.Tensor, token_id: int) -> list[Run]:
+    """Maximal runs of `token_id`, row-major: the order in which the stock model scatters features."""
+    is_tok = (input_ids == token_id).to(torch.int8)
+    padded = torch.nn.functional.pad(is_tok, (1, 1))
+    edges = padded[:, 1:] - padded[:, :-1]
+    starts = (edges == 1).nonzero().tolist()
+    ends = (edges == -1).nonzero().tolist()
+    return [Run(r, s, e - s) for (r, s), (_, e) in zip(starts, ends)]
+
+
+def padding_side(attention_mask: torch.Tensor | None) -> str:
+    if attention_mask is None:
+        return "left"
+    if bool((attention_mask[:, -1] == 0).any()) and not bool((attention_mask[:, 0] == 0).any()):
+        return "right"
+    return "left"
+
+
+PADDED, INSERTED = -1, -2  # new_to_caller markers: padding added by the rewrite, placeholders added by it
+
+
+def resize_runs(
+    input_ids: torch.Tensor,
+    runs: list[Run],
+    new_lengths: list[int],
+    attention_mask: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
+    pad_token_id: int = 0,
+) -> Rewritten:
+    """Give each placeholder run its new length and re-pad rows to one length.
+
+    A shorter run keeps its last positions; a longer one (pooling at finer than stock resolution, e.g. stride 1
+    on LLaVA-OneVision) gets extra placeholders in front. Every other position keeps its token, mask and label.
+    """
+    if len(runs) != len(new_lengths):
+        raise AdapterError(f"internal: {len(runs)} placeholder runs but {len(new_lengths)} pooled lengths")
+    batch, length = input_ids.shape
+    device = input_ids.device
+    per_row: list[list[torch.Tensor]] = [[] for _ in range(batch)]
+    cursor = [0] * batch
+    token_of_run = {}
+    for run, new in zip(runs, new_lengths):
+        if new < 1:
+            raise AdapterError(f"pooling left {new} tokens for a video; every video must keep at least one token")
+        b = run.row
+        per_row[b].append(torch.arange(cursor[b], run.start, device=device))
+        if new > run.length:
+            per_row[b].append(torch.full((new - run.length,), INSERTED, device=device))
+        per_row[b].append(torch.arange(run.start + max(0, run.length - new), run.start + run.length, device=device))
+        cursor[b] = run.start + run.length
+        token_of_run[b] = int(input_ids[b, run.start])
+    side = padding_side(attention_mask)
+    rows = []
+    for b in range(batch):
+        per_row[b].append(torch.arange(cursor[b], length, device=device))
+        rows.append(torch.cat(per_row[b]))
+    new_len = max(len(r) for r in rows)
+    new_to_caller = torch.full((batch, new_len), PADDED, dtype=torch.long, device=device)
+    for b, idx in enumerate(rows):
+        if side == "left":
+            new_to_caller[b, new_len - len(idx) :] = idx
+        else:
+            new_to_caller[b, : len(idx)] = idx
+    if attention_mask is not None:
+        # Columns that are padding in every row carry nothing: drop them (keeps the layout minimal).
+        live = (_gather(attention_mask, new_to_caller, 0, 1) != 0).any(dim=0)
+        if not bool(live.all()):
+            cols = live.nonzero().squeeze(1)
+            new_to_caller = new_to_caller[:, int(cols.min()) : int(cols.max()) + 1]
+
+    caller_to_new = torch.full((batch, length), PADDED, dtype=torch.long, device=device)
+    rows_idx, cols = (new_to_caller >= 0).nonzero(as_tuple=True)
+    caller_to_new[rows_idx, new_to_caller[rows_idx, cols]] = cols
+
+    placeholder = torch.tensor([token_of_run.get(b, pad_token_id) for b in range(batch)], device=device)[:, None]
+    if attention_mask is not None:
+        new_mask = _gather(attention_mask, new_to_caller, 0, 1)
+    elif bool((new_to_caller == PADDED).any()):
+        new_mask = (new_to_caller != PADDED).to(torch.long)  # rows now differ in length: the model needs a mask
+    else:
+        new_mask = None
+    return Rewritten(
+        input_ids=_gather(input_ids, new_to_caller, pad_token_id, placeholder),
+        attention_mask=new_mask,
+        labels=None if labels is None else _gather(labels, new_to_caller, -100, -100),
+        caller_to_new=caller_to_new,
+        new_to_caller=new_to_caller,
+    )
+
+
+def _gather(values: torch.Tensor, index: torch.Tensor, pad_fill, inserted_fill) -> torch.Tensor:
+    out = values.gather(1, index.clamp(min=0))
+    out = out.masked_fill(index == PADDED, pad_fill)
+    if isinstance(inserted_fill, torch.Tensor):
+        return torch.where(index == INSERTED, inserted_fill.to(out.dtype), out)
+    return out.masked_fill(index == INSERTED, inserted_fill)
+
+
+def to_caller_layout(values: torch.Tensor, caller_to_new: torch.Tensor, offset: int = 0) -> torch.Tensor:
+    """Place per-position values (B, L_new_tail, ...) back at the caller's positions; dropped positions get 0.
+
+    `offset` is the new-layout index of values[:, 0] (non-zero when only the last positions were computed).
+    """
+    batch, length = caller_to_new.shape
+    out = values.new_zeros((batch, length, *values.shape[2:]))
+    rel = caller_to_new - offset
+    valid = (caller_to_new >= 0) & (rel >= 0) & (rel < values.shape[1])
+    rows, cols = valid.nonzero(as_tuple=True)
+    out[rows, cols] = values[rows, rel[rows, cols]]
+    return out
