@@ -6,11 +6,12 @@ import threading
 import weakref
 from collections.abc import Mapping
 
-from .config import AdapterConfig
+from .config import AdapterConfig, known_visual_window
 from .errors import AdapterError
 from .intercept import wrap_forward, wrap_generate
 from .pooling import pooled_frame_sizes
 from .registry import family_for, supported_models
+from .rope_hook import RopeBase, RopeHooks
 
 _HANDLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _HANDLES_LOCK = threading.Lock()
@@ -25,7 +26,7 @@ class AdapterHandle:
         self.config = config
         self._stats = threading.local()
         self._patched: list[tuple[object, str, bool, object]] = []
-        self._hooks: list = []
+        self.rope: RopeHooks | None = None
         self._removed = False
 
     # --- results of the last call --------------------------------------------------------------
@@ -39,9 +40,26 @@ class AdapterHandle:
         """The attention mask of the last adapted call's rewritten sequence (for manual decode loops)."""
         return getattr(self._stats, "attention_mask", None)
 
-    def _record(self, prepared) -> None:
-        self._stats.value = prepared.stats
-        self._stats.attention_mask = prepared.rewritten.attention_mask
+    def _record(self, prepared, plan) -> None:
+        """Remember what the adapter did on this call (only calls with visual input count)."""
+        if prepared is not None:
+            self._stats.value = prepared.stats
+            self._stats.attention_mask = prepared.rewritten.attention_mask
+        elif plan is not None:
+            self._stats.value = [
+                {
+                    "row": row,
+                    "frames": None,
+                    "grid": None,
+                    "tokens_before": int(n),
+                    "tokens_after": int(n),
+                    "pooled": False,
+                    "rope_factor": plan.factors[row],
+                }
+                for row, n in enumerate(plan.visual.sum(dim=1).tolist())
+                if n
+            ]
+            self._stats.attention_mask = None
 
     # --- install / remove ----------------------------------------------------------------------
     def _patch_attr(self, obj, name: str, value) -> None:
@@ -51,6 +69,10 @@ class AdapterHandle:
 
     def _install(self) -> None:
         model = self.model
+        if self.config.rope is not None:
+            decoder = model.model.language_model
+            base = RopeBase.from_text_config(model.config.text_config)
+            self.rope = RopeHooks(self.config.rope, base, decoder, decoder.rotary_emb)
         self._patch_attr(model, "forward", wrap_forward(self, model.forward))
         self._patch_attr(model, "generate", wrap_generate(self, model.generate))
 
@@ -58,9 +80,9 @@ class AdapterHandle:
         """Restore the stock model bit-exactly (instance attributes and hooks); idempotent."""
         if self._removed:
             return
-        for hook in reversed(self._hooks):
-            hook.remove()
-        self._hooks.clear()
+        if self.rope is not None:
+            self.rope.remove()
+            self.rope = None
         for obj, name, had_own, previous in reversed(self._patched):
             if had_own:
                 setattr(obj, name, previous)
@@ -94,7 +116,26 @@ def _resolve_config(model_type: str, config, overrides: Mapping) -> AdapterConfi
         raise AdapterError(
             f"config must be an AdapterConfig, a dict, a JSON string or None, got {type(config).__name__}"
         )
-    return config.replace(**overrides) if overrides else config
+    config = config.replace(**overrides) if overrides else config
+    return _with_visual_window(model_type, config)
+
+
+def _with_visual_window(model_type, config: AdapterConfig) -> AdapterConfig:
+    """Fill rope.visual_window from the preset when the user left it out; refuse when nobody knows it."""
+    rope = config.rope
+    if rope is None or rope.get("visual_window") is not None:
+        return config
+    fixed_without_ramp = rope.get("factor") is not None and rope["type"] in ("linear", "ntk")
+    if fixed_without_ramp or model_type is None:
+        return config
+    window = known_visual_window(model_type)
+    if window is None:
+        raise AdapterError(
+            f"rope needs the model's visual training window (visual_window, in tokens) and no preset knows it "
+            f"for {model_type!r}; pass rope={{..., 'visual_window': N}} (e.g. frames seen in training x tokens "
+            "per frame), or use a fixed 'factor' with type 'linear' or 'ntk'"
+        )
+    return config.replace(rope={**rope, "visual_window": window})
 
 
 def _check_model(model, family) -> None:
@@ -144,6 +185,8 @@ def apply_adapter(model, config: AdapterConfig | Mapping | str | None = None, **
     resolved = _resolve_config(model_type, config, overrides)
     _check_model(model, family)
     _check_grid(model, family, resolved)
+    if resolved.rope is not None:
+        RopeBase.from_text_config(model.config.text_config)  # refuse incompatible model RoPE before installing
     with _HANDLES_LOCK:
         if model in _HANDLES:
             raise AdapterError("this model already has an adapter applied (by another thread); remove it first")

@@ -10,6 +10,7 @@ from typing import Any
 
 from .errors import AdapterError
 from .pooling import normalize_pooling
+from .rope import ROPE_TYPES, inv_freq_for
 
 _ROPE_KEYS = ("type", "visual_window", "scope", "alpha", "beta", "attention_factor", "factor")
 
@@ -17,7 +18,8 @@ _ROPE_KEYS = ("type", "visual_window", "scope", "alpha", "beta", "attention_fact
 _PROGRESSIVE_27 = {"type": "progressive", "group": 4, "strides": [2, 8], "mode": "bilinear"}
 _PRESETS: dict[str, dict[str, Any]] = {
     # OneVision pools the 27x27 SigLIP grid in place of its built-in bilinear 2x: stride 2 = stock resolution.
-    "llava_onevision": {"pooling": _PROGRESSIVE_27},
+    # Visual window: 32 frames x 196 tokens = 6,272 (derived from the paper's Fig. 2 ramp boundaries).
+    "llava_onevision": {"pooling": _PROGRESSIVE_27, "rope": {"type": "yarn", "visual_window": 6272, "scope": "all"}},
     # LLaVA-1.5 / LLaVA-NeXT (base tile): 24x24 CLIP grid; stride 2 -> 144 tokens, stride 8 -> 9 tokens.
     "llava": {"pooling": _PROGRESSIVE_27},
     "llava_next": {"pooling": _PROGRESSIVE_27},
@@ -31,7 +33,7 @@ class AdapterConfig:
     """What to pool and how to extend RoPE; every value is plain data so ablations are one dict away.
 
     pooling: None, one stage dict, or a list of stage dicts applied in order (see README "Pooling").
-    rope: None or a dict (visual context window extension; see README "RoPE").
+    rope: None or a dict (visual context window extension; see README "Visual RoPE").
     pool_single_images: on classes that take frames as images (LLaVA, LLaVA-NeXT), a run of one image is
         left stock unless this is True.
     """
@@ -87,13 +89,19 @@ class AdapterConfig:
 
     @classmethod
     def preset(cls, model_type: str) -> AdapterConfig:
-        """The family default: the paper's progressive pooling on the family's grid."""
+        """The family default: the paper's progressive pooling on the family's grid, plus visual YaRN where the
+        model's visual training window is known."""
         if model_type not in _PRESETS:
             raise AdapterError(f"no preset for model_type {model_type!r}; presets exist for {sorted(_PRESETS)}")
         return cls.from_dict(_PRESETS[model_type])
 
 
+_ROPE_SCOPES = ("all", "visual")
+_YARN_ONLY = ("alpha", "beta", "attention_factor")
+
+
 def _normalize_rope(rope) -> dict | None:
+    """Validate a rope spec and fill defaults; the numbers themselves are checked again in rope.inv_freq_for."""
     if rope is None:
         return None
     if not isinstance(rope, Mapping):
@@ -101,7 +109,29 @@ def _normalize_rope(rope) -> dict | None:
     unknown = sorted(set(rope) - set(_ROPE_KEYS))
     if unknown:
         raise AdapterError(f"unknown rope key(s) {unknown}; allowed keys are {list(_ROPE_KEYS)}")
-    raise AdapterError(
-        "the visual RoPE extension is not implemented yet in this version; pass rope=None "
-        "(the field exists so configs stay stable when it lands)"
-    )
+    spec = {"type": "yarn", "visual_window": None, "scope": "all", "factor": None, **copy.deepcopy(dict(rope))}
+    if spec["type"] not in ROPE_TYPES:
+        raise AdapterError(f"unknown rope type {spec['type']!r}; use one of {list(ROPE_TYPES)}")
+    if spec["scope"] not in _ROPE_SCOPES:
+        raise AdapterError(f"unknown rope scope {spec['scope']!r}; use one of {list(_ROPE_SCOPES)}")
+    if spec["type"] == "yarn":
+        spec = {"alpha": 1.0, "beta": 32.0, "attention_factor": 1.0, **spec}
+    else:
+        given = sorted(k for k in _YARN_ONLY if k in spec)
+        if given:
+            raise AdapterError(f"rope key(s) {given} only apply to type 'yarn', not {spec['type']!r}; remove them")
+    window = spec["visual_window"]
+    if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
+        raise AdapterError(f"rope['visual_window'] must be a positive int (tokens), got {window!r}")
+    # Let the pure function refuse bad numbers now (factor < 1, alpha >= beta, ...), not in the middle of a call.
+    probe = {k: v for k, v in spec.items() if v is not None and k != "scope"}
+    if spec["visual_window"] is None and spec["type"] in ("yarn", "interpolate"):
+        probe["visual_window"] = 1
+    inv_freq_for(probe, head_dim=8, base=10000.0, factor=1.0)
+    return spec
+
+
+def known_visual_window(model_type: str) -> int | None:
+    """The visual training window a preset knows for this model type, if any."""
+    rope = _PRESETS.get(model_type, {}).get("rope") or {}
+    return rope.get("visual_window")

@@ -7,6 +7,7 @@ original bound method. Calls without visual input (including every decode step) 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 from dataclasses import dataclass, field
@@ -128,16 +129,60 @@ def _pad_token_id(config) -> int:
     return 0
 
 
+def _rope_plan(handle, prepared: Prepared | None, call: dict):
+    """The RoPE plan of this call's full prompt (after pooling), or None when RoPE stays stock."""
+    if handle.rope is None:
+        return None
+    input_ids = prepared.call["input_ids"] if prepared is not None else call.get("input_ids")
+    if input_ids is None:
+        return None
+    plan = handle.rope.plan_for(input_ids, handle.family.token_id(handle.model.config))
+    if plan is not None and prepared is not None:
+        for stat in prepared.stats:
+            stat["rope_factor"] = plan.factors[stat["row"]]
+    return plan
+
+
+@contextlib.contextmanager
+def _rope_active(handle, plan):
+    if plan is None:
+        yield
+        return
+    handle.rope.activate(plan)
+    try:
+        yield
+    finally:
+        handle.rope.deactivate()
+
+
+def _remember_cache(handle, plan, output):
+    """A cache created inside this forward keeps the plan, so decode steps that pass it back rotate alike."""
+    cache = getattr(output, "cache", None)
+    if plan is not None and cache is not None:
+        handle.rope.remember(cache, plan)
+    return output
+
+
+def _inside_adapted_generate(handle) -> bool:
+    return handle.rope is not None and handle.rope.active is not None
+
+
 def wrap_forward(handle, original):
     signature = inspect.signature(original)
 
     @functools.wraps(original)
     def forward(*args, **kwargs):
+        if _inside_adapted_generate(handle):  # generate() already pooled and planned this sequence
+            return original(*args, **kwargs)
         call = bind_call(signature, args, kwargs)
         prepared = prepare(handle, call)
+        plan = _rope_plan(handle, prepared, call)
+        handle._record(prepared, plan)
         if prepared is None:
-            return original(*args, **kwargs)
-        handle._record(prepared)
+            if plan is None:
+                return original(*args, **kwargs)
+            with _rope_active(handle, plan):
+                return _remember_cache(handle, plan, original(*args, **kwargs))
         new_call = prepared.call
         caller_to_new = prepared.rewritten.caller_to_new
         new_len = prepared.rewritten.input_ids.shape[1]
@@ -150,7 +195,8 @@ def wrap_forward(handle, original):
             first = int(valid.min()) if valid.numel() else new_len - 1
             new_call["logits_to_keep"] = new_len - first
             offset = first
-        output = original(**new_call)
+        with _rope_active(handle, plan):
+            output = _remember_cache(handle, plan, original(**new_call))
         if getattr(output, "logits", None) is not None:
             mapping = caller_to_new[:, -keep:] if keep > 0 else caller_to_new
             output.logits = to_caller_layout(output.logits, mapping, offset)
@@ -168,10 +214,15 @@ def wrap_generate(handle, original):
         if call.get("inputs") is not None and call.get("input_ids") is None:
             call["input_ids"] = call.pop("inputs")
         prepared = prepare(handle, call)
+        plan = _rope_plan(handle, prepared, call)
+        handle._record(prepared, plan)
         if prepared is None:
-            return original(*args, **kwargs)
-        handle._record(prepared)
-        output = original(**prepared.call)
+            if plan is None:
+                return original(*args, **kwargs)
+            with _rope_active(handle, plan):
+                return original(*args, **kwargs)
+        with _rope_active(handle, plan):
+            output = original(**prepared.call)
         new_len = prepared.rewritten.input_ids.shape[1]
         sequences = output if isinstance(output, torch.Tensor) else output.sequences
         caller = prepared.caller_input_ids

@@ -57,6 +57,7 @@ from .errors import AdapterError
 
 __all__ = [
     "default_inv_freq",
+    "visual_position_shift",
     "yarn_inv_freq",
     "yarn_inv_freq_paper",
     "linear_inv_freq",
@@ -295,9 +296,18 @@ def interpolate_positions(positions: torch.Tensor, visual_mask: torch.Tensor, wi
     visual_mask = visual_mask.to(positions.device)
     n_visual = visual_mask.sum(dim=1, keepdim=True)  # (B, 1)
     step = torch.clamp(window / n_visual.clamp_min(1).to(torch.float64), max=1.0)
-    advanced = torch.cumsum(visual_mask, dim=1) - visual_mask[:, :1].to(torch.int64)  # visual tokens in (0, j]
-    compressed = (positions.to(torch.float64) - (1.0 - step) * advanced).to(torch.float32)
+    compressed = (positions.to(torch.float64) - visual_position_shift(visual_mask, step)).to(torch.float32)
     return torch.where(n_visual > window, compressed, positions.float())
+
+
+def visual_position_shift(visual_mask: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+    """How far back each position moves when every visual token advances by ``step`` (float64, (B, L)).
+
+    ``(1 - step) * (visual tokens in (0, j])``; ``step`` broadcasts per row (shape (B, 1)). Shared by
+    ``interpolate_positions`` and the rotary hook, which applies it chunk by chunk.
+    """
+    advanced = torch.cumsum(visual_mask, dim=1) - visual_mask[:, :1].to(torch.int64)  # visual tokens in (0, j]
+    return (1.0 - step.to(torch.float64)) * advanced
 
 
 def rope_cos_sin(

@@ -53,6 +53,7 @@ FAMILY = VisualFamily(
         "model.vision_tower",
         "model.multi_modal_projector",
         "model.language_model",
+        "model.language_model.rotary_emb",
     ),
     frame_grid=frame_grid,
     encode=encode,
