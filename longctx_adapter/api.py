@@ -27,6 +27,7 @@ class AdapterHandle:
         self._stats = threading.local()
         self._patched: list[tuple[object, str, bool, object]] = []
         self.rope: RopeHooks | None = None
+        self.family_state = None  # owned by the family patch (e.g. Qwen's precomputed M-RoPE ids)
         self._removed = False
 
     # --- results of the last call --------------------------------------------------------------
@@ -39,6 +40,16 @@ class AdapterHandle:
     def last_attention_mask(self):
         """The attention mask of the last adapted call's rewritten sequence (for manual decode loops)."""
         return getattr(self._stats, "attention_mask", None)
+
+    def _enter(self) -> None:
+        self._stats.depth = getattr(self._stats, "depth", 0) + 1
+
+    def _exit(self) -> None:
+        self._stats.depth -= 1
+
+    def _inside(self) -> bool:
+        """True inside an adapted call on this thread (nested forwards of generate pass straight through)."""
+        return getattr(self._stats, "depth", 0) > 0
 
     def _record(self, prepared, plan) -> None:
         """Remember what the adapter did on this call (only calls with visual input count)."""
@@ -73,6 +84,8 @@ class AdapterHandle:
             decoder = model.model.language_model
             base = RopeBase.from_text_config(model.config.text_config)
             self.rope = RopeHooks(self.config.rope, base, decoder, decoder.rotary_emb)
+        if self.family.install is not None:
+            self.family.install(self)
         self._patch_attr(model, "forward", wrap_forward(self, model.forward))
         self._patch_attr(model, "generate", wrap_generate(self, model.generate))
 

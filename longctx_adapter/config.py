@@ -25,6 +25,10 @@ _PRESETS: dict[str, dict[str, Any]] = {
     "llava_next": {"pooling": _PROGRESSIVE_27},
     # LLaVA-NeXT-Video already pools 2x (24x24 -> 12x12) before its projector: halve the strides.
     "llava_next_video": {"pooling": {"type": "progressive", "group": 4, "strides": [1, 4], "mode": "bilinear"}},
+    # Qwen-VL tokens are already 2x2-merged patches: stride 1 keeps the stock resolution on the key frame.
+    "qwen2_vl": {"pooling": {"type": "progressive", "group": 4, "strides": [1, 4], "mode": "bilinear"}},
+    "qwen2_5_vl": {"pooling": {"type": "progressive", "group": 4, "strides": [1, 4], "mode": "bilinear"}},
+    "qwen3_vl": {"pooling": {"type": "progressive", "group": 4, "strides": [1, 4], "mode": "bilinear"}},
 }
 
 
@@ -36,11 +40,17 @@ class AdapterConfig:
     rope: None or a dict (visual context window extension; see README "Visual RoPE").
     pool_single_images: on classes that take frames as images (LLaVA, LLaVA-NeXT), a run of one image is
         left stock unless this is True.
+    vision_chunk_frames: None, or encode each video this many frames at a time and pool chunk by chunk where the
+        stages allow (memory-lean; same result, see longctx_adapter/chunking.py). Needs pooling.
+    last_logits_only: adapted forward() calls that pass no logits_to_keep (and no labels) compute logits for the
+        last position only (shape (B, 1, V)) instead of every position; generate() always does this.
     """
 
     pooling: tuple[dict, ...] | None = None
     rope: dict | None = None
     pool_single_images: bool = False
+    vision_chunk_frames: int | None = None
+    last_logits_only: bool = False
 
     def __post_init__(self):
         stages = normalize_pooling(self.pooling)
@@ -48,6 +58,7 @@ class AdapterConfig:
         object.__setattr__(self, "rope", _normalize_rope(self.rope))
         if not isinstance(self.pool_single_images, bool):
             raise AdapterError(f"pool_single_images must be true or false, got {self.pool_single_images!r}")
+        _check_memory_options(self)
 
     # --- serialization -------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -55,6 +66,8 @@ class AdapterConfig:
             "pooling": copy.deepcopy(list(self.pooling)) if self.pooling else None,
             "rope": copy.deepcopy(self.rope),
             "pool_single_images": self.pool_single_images,
+            "vision_chunk_frames": self.vision_chunk_frames,
+            "last_logits_only": self.last_logits_only,
         }
 
     @classmethod
@@ -94,6 +107,20 @@ class AdapterConfig:
         if model_type not in _PRESETS:
             raise AdapterError(f"no preset for model_type {model_type!r}; presets exist for {sorted(_PRESETS)}")
         return cls.from_dict(_PRESETS[model_type])
+
+
+def _check_memory_options(config: AdapterConfig) -> None:
+    chunk = config.vision_chunk_frames
+    if chunk is not None:
+        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+            raise AdapterError(f"vision_chunk_frames must be None or a positive int (frames), got {chunk!r}")
+        if not config.pooling:
+            raise AdapterError(
+                "vision_chunk_frames acts on pooled calls only, and pooling is off; set a pooling stage (e.g. the "
+                "family's stock-equivalent one) or drop vision_chunk_frames"
+            )
+    if not isinstance(config.last_logits_only, bool):
+        raise AdapterError(f"last_logits_only must be true or false, got {config.last_logits_only!r}")
 
 
 _ROPE_SCOPES = ("all", "visual")

@@ -21,6 +21,8 @@ class Segment:
     grid: torch.Tensor | None = None
     tail: torch.Tensor | None = None
     fixed: torch.Tensor | None = None
+    runs: int = 1  # placeholder runs this video fills (Qwen3-VL: one block per frame)
+    side_grids: tuple = ()  # more (T, H, W, D') grids pooled exactly like `grid` (Qwen3-VL DeepStack)
 
     @property
     def frames(self) -> int:
@@ -33,8 +35,12 @@ class VisualFamily:
 
     encode(model, encoder_kwargs, run_lengths, config) -> (segments, template_output)
         run the stock encoder (wrapped, never copied) and cut its output into one Segment per placeholder run.
-    pack(template_output, features) -> the `mm_encoder_outputs[modality]` value the stock forward expects,
-        given one (n_i, D) tensor per run.
+    pack(template_output, features, side_features) -> the `mm_encoder_outputs[modality]` value the stock forward
+        expects, given one (n_i, D) tensor per video (and its pooled side grids).
+    token_tensors: other per-token call tensors to rewrite with input_ids: name -> (padding value, value at an
+        inserted placeholder), e.g. Qwen's mm_token_type_ids.
+    install(handle) / finish(handle, ctx) / release(handle): optional family steps at apply time, after the
+        rewrite of each adapted call, and when that call ends.
     """
 
     model_types: tuple[str, ...]
@@ -46,8 +52,10 @@ class VisualFamily:
     frame_grid: Callable  # config -> (H, W) per frame of the grid pooling acts on
     encode: Callable
     pack: Callable
-    notes: str = ""
-    extra: dict = field(default_factory=dict)
+    token_tensors: dict = field(default_factory=dict)
+    install: Callable | None = None
+    finish: Callable | None = None
+    release: Callable | None = None
 
     def token_id(self, config) -> int:
         return getattr(config, self.token_attr)

@@ -14,17 +14,30 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .chunking import encode_segments, pool_segment, pool_side_grids
 from .errors import AdapterError
-from .pooling import pool_video
 from .tokens import Rewritten, find_runs, resize_runs, to_caller_layout
 
 
 @dataclass
 class Prepared:
-    call: dict
+    call: dict  # the call as the stock forward/generate will receive it
     rewritten: Rewritten
     caller_input_ids: torch.Tensor
     stats: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class PoolContext:
+    """What a family's finish() step may need after the rewrite."""
+
+    call: dict  # the caller's call
+    new_call: dict
+    rewritten: Rewritten
+    segments: list
+    pooled: list  # PooledVideo per segment (None for stock segments)
+    segment_runs: list  # the placeholder runs each segment fills
+    segment_lengths: list  # their new lengths
 
 
 def bind_call(signature: inspect.Signature, args: tuple, kwargs: dict) -> dict:
@@ -67,47 +80,46 @@ def prepare(handle, call: dict) -> Prepared | None:
     encoder = getattr(model.model, family.encoder_name)
     accepted = inspect.signature(encoder).parameters
     encoder_kwargs = {k: call[k] for k in accepted if k in call and k != "kwargs"}
-    segments, template = family.encode(model, encoder_kwargs, [r.length for r in runs], config)
-    if len(segments) != len(runs):
-        raise AdapterError(
-            f"the input holds {len(runs)} {family.modality} placeholder runs but the pixels encode to "
-            f"{len(segments)} {family.modality}s; feed input_ids and pixels from the same processor call"
-        )
+    segments, template = encode_segments(family, model, encoder_kwargs, [r.length for r in runs], config)
+    segment_runs = _runs_per_segment(family, runs, segments)
 
-    features, stats = [], []
-    for run, seg in zip(runs, segments):
-        if seg.stock_tokens != run.length:
-            raise AdapterError(
-                f"row {run.row}: a {family.modality} run has {run.length} placeholder tokens but its pixels give "
-                f"{seg.stock_tokens} features; feed input_ids and pixels from the same processor call"
-            )
+    features, side_features, pooled_videos, segment_lengths, stats = [], [], [], [], []
+    for seg, seg_runs in zip(segments, segment_runs):
+        row = seg_runs[0].row
         if seg.grid is None:
-            feats = seg.fixed
+            pooled, feats, lengths = None, seg.fixed, [seg.fixed.shape[0]]
         else:
-            feats = pool_video(seg.grid, config.pooling).flatten()
+            pooled = pool_segment(seg, config.pooling)
+            feats = pooled.flatten()
             if seg.tail is not None:
                 feats = torch.cat([feats, seg.tail.to(feats.dtype)], dim=0)
+            lengths = _lengths_per_run(pooled, seg, feats.shape[0], family)
         features.append(feats)
+        side_features.append(pool_side_grids(seg, config.pooling))
+        pooled_videos.append(pooled)
+        segment_lengths.append(lengths)
         stats.append(
             {
-                "row": run.row,
+                "row": row,
                 "frames": seg.frames,
                 "grid": None if seg.grid is None else list(seg.grid.shape[:3]),
-                "tokens_before": run.length,
+                "tokens_before": sum(r.length for r in seg_runs),
                 "tokens_after": int(feats.shape[0]),
                 "pooled": seg.grid is not None,
                 "rope_factor": None,
             }
         )
 
-    pad_id = _pad_token_id(model.config)
     rewritten = resize_runs(
         input_ids,
         runs,
-        [f.shape[0] for f in features],
+        [n for lengths in segment_lengths for n in lengths],
         attention_mask=call.get("attention_mask"),
         labels=call.get("labels"),
-        pad_token_id=pad_id,
+        pad_token_id=_pad_token_id(model.config),
+        extra={
+            name: (call[name], *fills) for name, fills in family.token_tensors.items() if call.get(name) is not None
+        },
     )
     new_call = {k: v for k, v in call.items() if k not in family.pixel_keys}
     new_call["input_ids"] = rewritten.input_ids
@@ -115,10 +127,49 @@ def prepare(handle, call: dict) -> Prepared | None:
         new_call["attention_mask"] = rewritten.attention_mask
     if call.get("labels") is not None:
         new_call["labels"] = rewritten.labels
+    new_call.update(rewritten.extra)
     encoded = dict(call.get("mm_encoder_outputs") or {})
-    encoded[family.modality] = family.pack(template, features)
+    encoded[family.modality] = family.pack(template, features, side_features if any(side_features) else ())
     new_call["mm_encoder_outputs"] = encoded
+    if family.finish is not None:
+        family.finish(
+            handle, PoolContext(call, new_call, rewritten, segments, pooled_videos, segment_runs, segment_lengths)
+        )
     return Prepared(new_call, rewritten, input_ids, stats)
+
+
+def _runs_per_segment(family, runs, segments) -> list[list]:
+    """Give each encoded video the placeholder runs it fills, checking counts against the pixels."""
+    needed = sum(seg.runs for seg in segments)
+    if needed != len(runs):
+        raise AdapterError(
+            f"the input holds {len(runs)} {family.modality} placeholder runs but the pixels encode to "
+            f"{needed}; feed input_ids and pixels from the same processor call"
+        )
+    out, cursor = [], 0
+    for seg in segments:
+        seg_runs = runs[cursor : cursor + seg.runs]
+        cursor += seg.runs
+        tokens = sum(r.length for r in seg_runs)
+        if tokens != seg.stock_tokens or len({r.row for r in seg_runs}) != 1:
+            raise AdapterError(
+                f"row {seg_runs[0].row}: a {family.modality} has {tokens} placeholder tokens but its pixels give "
+                f"{seg.stock_tokens} features; feed input_ids and pixels from the same processor call"
+            )
+        out.append(seg_runs)
+    return out
+
+
+def _lengths_per_run(pooled, seg, total: int, family) -> list[int]:
+    if seg.runs == 1:
+        return [total]
+    if len(pooled.sizes) != seg.runs:
+        raise AdapterError(
+            f"this model puts every frame of a video in its own block ({seg.runs} blocks); a pooling that changes "
+            f"the frame count ({seg.runs} -> {len(pooled.sizes)}) would have to rewrite the text between blocks. "
+            "Use stages that keep the frame count (progressive, or adaptive3d/conv3d with temporal size/kernel 1)"
+        )
+    return [h * w for h, w in pooled.sizes]
 
 
 def _pad_token_id(config) -> int:
@@ -144,15 +195,19 @@ def _rope_plan(handle, prepared: Prepared | None, call: dict):
 
 
 @contextlib.contextmanager
-def _rope_active(handle, plan):
-    if plan is None:
-        yield
-        return
-    handle.rope.activate(plan)
+def _adapted_call(handle, prepared, plan):
+    """Scope of one adapted call: RoPE plan active, nested forward calls passed through, family state released."""
+    handle._enter()
+    if plan is not None:
+        handle.rope.activate(plan)
     try:
         yield
     finally:
-        handle.rope.deactivate()
+        if plan is not None:
+            handle.rope.deactivate()
+        if prepared is not None and handle.family.release is not None:
+            handle.family.release(handle)
+        handle._exit()
 
 
 def _remember_cache(handle, plan, output):
@@ -163,8 +218,11 @@ def _remember_cache(handle, plan, output):
     return output
 
 
-def _inside_adapted_generate(handle) -> bool:
-    return handle.rope is not None and handle.rope.active is not None
+def _plan_call(handle, call):
+    prepared = prepare(handle, call)
+    plan = _rope_plan(handle, prepared, call)
+    handle._record(prepared, plan)
+    return prepared, plan
 
 
 def wrap_forward(handle, original):
@@ -172,37 +230,41 @@ def wrap_forward(handle, original):
 
     @functools.wraps(original)
     def forward(*args, **kwargs):
-        if _inside_adapted_generate(handle):  # generate() already pooled and planned this sequence
+        if handle._inside():  # an adapted generate() already pooled and planned this sequence
             return original(*args, **kwargs)
         call = bind_call(signature, args, kwargs)
-        prepared = prepare(handle, call)
-        plan = _rope_plan(handle, prepared, call)
-        handle._record(prepared, plan)
-        if prepared is None:
-            if plan is None:
-                return original(*args, **kwargs)
-            with _rope_active(handle, plan):
+        prepared, plan = _plan_call(handle, call)
+        if prepared is None and plan is None:
+            return original(*args, **kwargs)
+        with _adapted_call(handle, prepared, plan):
+            if prepared is None:
+                if handle.config.last_logits_only and "logits_to_keep" not in call and call.get("labels") is None:
+                    kwargs = {**kwargs, "logits_to_keep": 1}  # memory-lean option (see AdapterConfig)
                 return _remember_cache(handle, plan, original(*args, **kwargs))
-        new_call = prepared.call
-        caller_to_new = prepared.rewritten.caller_to_new
-        new_len = prepared.rewritten.input_ids.shape[1]
-        keep = int(call.get("logits_to_keep", 0) or 0)
-        offset = 0
-        if keep > 0:
-            # The caller's last `keep` positions; compute logits from the earliest of them that survived.
-            tail = caller_to_new[:, -keep:]
-            valid = tail[tail >= 0]
-            first = int(valid.min()) if valid.numel() else new_len - 1
-            new_call["logits_to_keep"] = new_len - first
-            offset = first
-        with _rope_active(handle, plan):
-            output = _remember_cache(handle, plan, original(**new_call))
-        if getattr(output, "logits", None) is not None:
-            mapping = caller_to_new[:, -keep:] if keep > 0 else caller_to_new
-            output.logits = to_caller_layout(output.logits, mapping, offset)
-        return output
+            return _caller_layout_forward(handle, original, call, prepared, plan)
 
     return forward
+
+
+def _caller_layout_forward(handle, original, call, prepared, plan):
+    new_call = prepared.call
+    caller_to_new = prepared.rewritten.caller_to_new
+    new_len = prepared.rewritten.input_ids.shape[1]
+    keep = int(call.get("logits_to_keep", 0) or 0)
+    if handle.config.last_logits_only and "logits_to_keep" not in call and call.get("labels") is None:
+        keep = 1  # memory-lean option: the caller did not ask for every position's logits
+    offset = 0
+    if keep > 0:
+        # The caller's last `keep` positions; compute logits from the earliest of them that survived.
+        tail = caller_to_new[:, -keep:]
+        valid = tail[tail >= 0]
+        offset = int(valid.min()) if valid.numel() else new_len - 1
+        new_call["logits_to_keep"] = new_len - offset
+    output = _remember_cache(handle, plan, original(**new_call))
+    if getattr(output, "logits", None) is not None:
+        mapping = caller_to_new[:, -keep:] if keep > 0 else caller_to_new
+        output.logits = to_caller_layout(output.logits, mapping, offset)
+    return output
 
 
 def wrap_generate(handle, original):
@@ -213,25 +275,27 @@ def wrap_generate(handle, original):
         call = bind_call(signature, args, kwargs)
         if call.get("inputs") is not None and call.get("input_ids") is None:
             call["input_ids"] = call.pop("inputs")
-        prepared = prepare(handle, call)
-        plan = _rope_plan(handle, prepared, call)
-        handle._record(prepared, plan)
-        if prepared is None:
-            if plan is None:
+        prepared, plan = _plan_call(handle, call)
+        if prepared is None and plan is None:
+            return original(*args, **kwargs)
+        with _adapted_call(handle, prepared, plan):
+            if prepared is None:
                 return original(*args, **kwargs)
-            with _rope_active(handle, plan):
-                return original(*args, **kwargs)
-        with _rope_active(handle, plan):
             output = original(**prepared.call)
-        new_len = prepared.rewritten.input_ids.shape[1]
-        sequences = output if isinstance(output, torch.Tensor) else output.sequences
-        caller = prepared.caller_input_ids
-        if sequences.shape[0] != caller.shape[0]:  # num_return_sequences / beams expand the batch
-            caller = caller.repeat_interleave(sequences.shape[0] // caller.shape[0], dim=0)
-        restored = torch.cat([caller.to(sequences.device), sequences[:, new_len:]], dim=1)
-        if isinstance(output, torch.Tensor):
-            return restored
-        output.sequences = restored
-        return output
+        return _caller_prompt(output, prepared)
 
     return generate
+
+
+def _caller_prompt(output, prepared):
+    """Put the caller's own input_ids back in front of the generated tokens."""
+    new_len = prepared.rewritten.input_ids.shape[1]
+    sequences = output if isinstance(output, torch.Tensor) else output.sequences
+    caller = prepared.caller_input_ids
+    if sequences.shape[0] != caller.shape[0]:  # num_return_sequences / beams expand the batch
+        caller = caller.repeat_interleave(sequences.shape[0] // caller.shape[0], dim=0)
+    restored = torch.cat([caller.to(sequences.device), sequences[:, new_len:]], dim=1)
+    if isinstance(output, torch.Tensor):
+        return restored
+    output.sequences = restored
+    return output

@@ -12,6 +12,9 @@ MODEL_TYPE_TO_PATCH: dict[str, str] = {
     "llava_next": "longctx_adapter.patches.llava_next",
     "llava_next_video": "longctx_adapter.patches.llava_next_video",
     "llava_onevision": "longctx_adapter.patches.llava_onevision",
+    "qwen2_vl": "longctx_adapter.patches.qwen2_vl",
+    "qwen2_5_vl": "longctx_adapter.patches.qwen2_5_vl",
+    "qwen3_vl": "longctx_adapter.patches.qwen3_vl",
 }
 
 

@@ -97,7 +97,8 @@ MAX_FRAMES = 256
 
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<s>", "</s>"
 IMAGE_TOKEN, VIDEO_TOKEN = "<image>", "<video>"
-SPECIAL_TOKENS = (PAD, UNK, BOS, EOS, IMAGE_TOKEN, VIDEO_TOKEN)
+VISION_START, VISION_END = "<|vision_start|>", "<|vision_end|>"  # Qwen-VL block markers
+SPECIAL_TOKENS = (PAD, UNK, BOS, EOS, IMAGE_TOKEN, VIDEO_TOKEN, VISION_START, VISION_END)
 
 _WORDS = """
 user assistant system question answer option options choose pick best correct letter please

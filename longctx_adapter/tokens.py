@@ -8,7 +8,7 @@ kept positions map back to the caller's layout one to one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -29,6 +29,7 @@ class Rewritten:
     labels: torch.Tensor | None
     caller_to_new: torch.Tensor  # (B, L_caller) index into the new layout, -1 where a position was dropped
     new_to_caller: torch.Tensor  # (B, L_new) index into the caller layout, or PADDED / INSERTED
+    extra: dict = field(default_factory=dict)  # other per-token tensors, rewritten alike
 
 
 def find_runs(input_ids: torch.Tensor, token_id: int) -> list[Run]:
@@ -59,8 +60,11 @@ def resize_runs(
     attention_mask: torch.Tensor | None = None,
     labels: torch.Tensor | None = None,
     pad_token_id: int = 0,
+    extra: dict | None = None,
 ) -> Rewritten:
     """Give each placeholder run its new length and re-pad rows to one length.
+
+    extra: name -> (tensor (B, L), padding value, value at inserted placeholders) for other per-token tensors.
 
     A shorter run keeps its last positions; a longer one (pooling at finer than stock resolution, e.g. stride 1
     on LLaVA-OneVision) gets extra placeholders in front. Every other position keeps its token, mask and label.
@@ -118,6 +122,7 @@ def resize_runs(
         labels=None if labels is None else _gather(labels, new_to_caller, -100, -100),
         caller_to_new=caller_to_new,
         new_to_caller=new_to_caller,
+        extra={name: _gather(t, new_to_caller, pad, ins) for name, (t, pad, ins) in (extra or {}).items()},
     )
 
 

@@ -21,7 +21,7 @@ def encode(model, encoder_kwargs, run_lengths, adapter_config):
     return image_run_segments(run_lengths, per_image, per_image, adapter_config.pool_single_images), output
 
 
-def pack(template, features):
+def pack(template, features, side_features=()):
     template.pooler_output = list(features)
     return template
 

@@ -33,7 +33,7 @@ def encode(model, encoder_kwargs, run_lengths, adapter_config):
     return segments, output
 
 
-def pack(template, features):
+def pack(template, features, side_features=()):
     template.pooler_output = list(features)
     return template
 

@@ -23,7 +23,7 @@ def encode(model, encoder_kwargs, run_lengths, adapter_config):
     return video_segments(per_video, frames), output
 
 
-def pack(template, features):
+def pack(template, features, side_features=()):
     template.pooler_output = list(features)
     return template
 

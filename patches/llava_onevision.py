@@ -35,7 +35,7 @@ def encode(model, encoder_kwargs, run_lengths, adapter_config):
     return video_segments(per_video, frames, tail_tokens=1, stock_side=_stock_side), output
 
 
-def pack(template: BaseModelOutputWithPooling, features):
+def pack(template: BaseModelOutputWithPooling, features, side_features=()):
     # The stock forward does `pooler_output.flatten(0, 1)`: hand it one (1, N, D) tensor.
     template.pooler_output = torch.cat(features, dim=0)[None]
     return template

@@ -1,0 +1,41 @@
+"""Position maps for pooled layouts: where each pooled token sits in the unpooled video's coordinates.
+
+Pure tensor code (no transformers import). Every pooling op is a weighted average over a window (bilinear
+interpolation included), so pooling a grid of coordinates with the *same* stages yields, for each pooled token,
+the centre of the window it averages, in the original grid's coordinates. Max pooling picks a feature, not a
+place, so its coordinates use the average of its window. Unpooled tokens keep their integer coordinates exactly.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .pooling import PooledVideo, normalize_pooling, pool_video
+
+
+def _coordinate_stages(stages) -> list[dict]:
+    return [
+        {**stage, "mode": "avg"} if stage["type"] == "progressive" and stage["mode"] == "max" else stage
+        for stage in normalize_pooling(stages)
+    ]
+
+
+def pooled_coordinates(t_values: torch.Tensor, height: int, width: int, stages) -> PooledVideo:
+    """(h, w, 3) float64 frames of (t, row, column) coordinates after pooling.
+
+    t_values: the temporal coordinate of each input frame (e.g. Qwen2.5-VL's `second_per_grid_ts`-scaled ids);
+    rows and columns are 0..H-1, 0..W-1.
+    """
+    t_values = torch.as_tensor(t_values, dtype=torch.float64)
+    t, h, w = torch.meshgrid(
+        t_values,
+        torch.arange(height, dtype=torch.float64),
+        torch.arange(width, dtype=torch.float64),
+        indexing="ij",
+    )
+    return pool_video(torch.stack([t, h, w], dim=-1), _coordinate_stages(stages))
+
+
+def mrope_positions(start: float, t_values: torch.Tensor, height: int, width: int, stages) -> torch.Tensor:
+    """(3, N) M-RoPE (t, h, w) ids of a pooled video whose stock ids are `start + (t_values[f], i, j)`."""
+    return pooled_coordinates(t_values, height, width, stages).flatten().T + start

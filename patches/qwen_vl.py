@@ -1,0 +1,189 @@
+"""Qwen2-VL, Qwen2.5-VL and Qwen3-VL: pooling on the merged (t, h/2, w/2) grid, with M-RoPE ids for the pooled layout.
+
+- Features come from the stock `get_video_features` (Qwen3-VL: its DeepStack features are pooled the same way).
+- Positions: `get_rope_index` is wrapped on this instance. For an adapted call it returns ids computed by the
+  adapter: every text token keeps the id the stock model gives it for the *unpooled* input (transformers 5.x rule,
+  including where text after a video starts), each pooled video token gets the centre of the window it averages
+  in the stock (t, h, w) frame (fractional where windows have even size), and `rope_deltas` continue from the stock
+  maximum, so decode steps get exactly the ids a stock run would give them. Other calls get the stock function.
+- `video_grid_thw` is rewritten to the pooled grid when every frame has one size, and otherwise to a flat
+  (1, 2, 2n) grid that only carries the token count (the adapter, not the grid, gives positions then).
+- Qwen3-VL puts every temporal patch in its own block with timestamp text; pooling that merges frames would
+  have to rewrite that text, so only stages that keep the frame count are accepted there (refused otherwise).
+"""
+
+from __future__ import annotations
+
+import threading
+
+import torch
+
+from longctx_adapter.errors import AdapterError
+from longctx_adapter.family import Segment, VisualFamily
+from longctx_adapter.positions import mrope_positions
+
+_MERGE_ATTR = "spatial_merge_size"
+
+
+def frame_grid(config):
+    # Pooling acts on merged tokens; the frame size is per input, so apply-time checks use a generous grid.
+    return 1 << 20, 1 << 20
+
+
+def _merge(model) -> int:
+    return getattr(model.config.vision_config, _MERGE_ATTR)
+
+
+def _blocks_per_frame(model) -> bool:
+    return model.config.model_type == "qwen3_vl"
+
+
+def encode(model, encoder_kwargs, run_lengths, adapter_config):
+    inner = model.model
+    grids = encoder_kwargs.get("video_grid_thw")
+    if grids is None:
+        raise AdapterError("Qwen-VL videos need video_grid_thw (the processor returns it); pass it with the pixels")
+    output = inner.get_video_features(encoder_kwargs["pixel_values_videos"], grids, return_dict=True)
+    merge = _merge(model)
+    per_block = _blocks_per_frame(model)
+    deepstack = getattr(output, "deepstack_features", None) or []
+    segments = []
+    for v, (feats, (t, h, w)) in enumerate(zip(output.pooler_output, grids.tolist())):
+        shape = (t, h // merge, w // merge, feats.shape[-1])
+        side = tuple(layer[v].reshape(shape) for layer in deepstack)
+        segments.append(
+            Segment(
+                stock_tokens=feats.shape[0],
+                grid=feats.reshape(shape),
+                runs=t if per_block else 1,
+                side_grids=side,
+            )
+        )
+    return segments, output
+
+
+def pack(template, features, side_features=()):
+    template.pooler_output = tuple(features)
+    if side_features and getattr(template, "deepstack_features", None) is not None:
+        layers = len(side_features[0])
+        template.deepstack_features = [tuple(video[layer] for video in side_features) for layer in range(layers)]
+    return template
+
+
+class _Positions(threading.local):
+    ids: torch.Tensor | None = None
+    positions: torch.Tensor | None = None
+    deltas: torch.Tensor | None = None
+
+
+def install(handle) -> None:
+    """Wrap get_rope_index on this instance so adapted calls get the adapter's ids (see module docstring)."""
+    inner = handle.model.model
+    original = inner.get_rope_index
+    state = _Positions()
+    handle.family_state = state
+
+    def get_rope_index(input_ids, *args, **kwargs):
+        ids = state.ids
+        if ids is not None and input_ids is not None:
+            if input_ids.shape == ids.shape and torch.equal(input_ids.to(ids.device), ids):
+                return state.positions.clone(), state.deltas.clone()
+            rows = input_ids.shape[0] // max(1, ids.shape[0])
+            if rows > 1 and torch.equal(input_ids, ids.repeat_interleave(rows, dim=0)):  # beams / num_return
+                return state.positions.repeat_interleave(rows, dim=1), state.deltas.repeat_interleave(rows, dim=0)
+        return original(input_ids, *args, **kwargs)
+
+    handle._patch_attr(inner, "get_rope_index", get_rope_index)
+    handle.original_get_rope_index = original
+
+
+def _pooled_grids(pooled_videos, merge: int) -> list[list[int]]:
+    grids = []
+    for pooled in pooled_videos:
+        sizes = set(pooled.sizes)
+        if len(sizes) == 1:
+            ((h, w),) = sizes
+            grids.append([len(pooled.sizes), h * merge, w * merge])
+        else:
+            grids.append([1, merge, merge * pooled.num_tokens])  # ragged frames: a token count, not a geometry
+    return grids
+
+
+def finish(handle, ctx) -> None:
+    """Rewrite video_grid_thw and precompute the M-RoPE ids of the adapted sequence."""
+    model = handle.model
+    model.model.rope_deltas = None  # never reuse another call's deltas
+    call, new_call, rewritten = ctx.call, ctx.new_call, ctx.rewritten
+    old_grid = call["video_grid_thw"]
+    new_call["video_grid_thw"] = torch.tensor(
+        _pooled_grids(ctx.pooled, _merge(model)), dtype=old_grid.dtype, device=old_grid.device
+    )
+    if call.get("mm_token_type_ids") is None:
+        raise AdapterError("Qwen-VL needs mm_token_type_ids (the processor returns it); pass it with input_ids")
+
+    stock_kwargs = {
+        k: call[k] for k in ("image_grid_thw", "video_grid_thw", "second_per_grid_ts") if call.get(k) is not None
+    }
+    stock, stock_deltas = handle.original_get_rope_index(
+        call["input_ids"],
+        mm_token_type_ids=call["mm_token_type_ids"],
+        attention_mask=call.get("attention_mask"),
+        **stock_kwargs,
+    )
+    index = rewritten.new_to_caller
+    positions = stock.to(torch.float64).gather(2, index.clamp(min=0)[None].expand(3, -1, -1).to(stock.device))
+    positions = positions.masked_fill((index < 0)[None].to(stock.device), 0.0)
+    for seg, runs, lengths in zip(ctx.segments, ctx.segment_runs, ctx.segment_lengths):
+        frames, height, width = seg.grid.shape[:3]
+        row, first = runs[0].row, runs[0].start
+        start = stock[1, row, first].double()
+        if seg.runs == 1:
+            t_rel = stock[0, row, first + torch.arange(frames) * height * width].double() - start
+        else:
+            t_rel = torch.zeros(frames, dtype=torch.float64)  # one block per frame, each with its own start
+        ids = mrope_positions(0.0, t_rel, height, width, handle.config.pooling).to(positions.device)
+        offset = 0
+        for run, count in zip(runs, lengths):
+            base = start if seg.runs == 1 else stock[1, row, run.start].double()
+            end = int(rewritten.caller_to_new[row, run.start + run.length - 1]) + 1  # runs stay right-aligned
+            positions[:, row, end - count : end] = ids[:, offset : offset + count] + base
+            offset += count
+
+    def live(c, ids):
+        mask = c.get("attention_mask")
+        return mask.sum(1) if mask is not None else torch.full((ids.shape[0],), ids.shape[1])
+
+    shrink = (live(call, call["input_ids"]) - live(new_call, new_call["input_ids"])).to(stock_deltas.device)
+    state = handle.family_state
+    state.ids = new_call["input_ids"]
+    state.positions = positions.long() if bool(torch.equal(positions, positions.round())) else positions.float()
+    state.deltas = stock_deltas + shrink[:, None]
+
+
+def release(handle) -> None:
+    state = handle.family_state
+    state.ids = state.positions = state.deltas = None
+
+
+def _family(model_type: str) -> VisualFamily:
+    return VisualFamily(
+        model_types=(model_type,),
+        modality="video",
+        token_attr="video_token_id",
+        pixel_keys=("pixel_values_videos",),
+        encoder_name="get_video_features",
+        required=(
+            "model.get_video_features",
+            "model.get_rope_index",
+            "model.visual",
+            "model.language_model",
+            "model.language_model.rotary_emb",
+        ),
+        frame_grid=frame_grid,
+        encode=encode,
+        pack=pack,
+        token_tensors={"mm_token_type_ids": (0, 2)},
+        install=install,
+        finish=finish,
+        release=release,
+    )
