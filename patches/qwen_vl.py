@@ -43,8 +43,17 @@ def encode(model, encoder_kwargs, run_lengths, adapter_config):
     grids = encoder_kwargs.get("video_grid_thw")
     if grids is None:
         raise AdapterError("Qwen-VL videos need video_grid_thw (the processor returns it); pass it with the pixels")
-    output = inner.get_video_features(encoder_kwargs["pixel_values_videos"], grids, return_dict=True)
+    pixels = encoder_kwargs["pixel_values_videos"]
+    patches = int(grids.prod(-1).sum())
+    if grids.dim() != 2 or grids.shape[-1] != 3 or patches != pixels.shape[0]:
+        raise AdapterError(
+            f"video_grid_thw {grids.tolist()} describes {patches} patches but pixel_values_videos holds "
+            f"{pixels.shape[0]}; pass video_grid_thw and pixels from the same processor call"
+        )
     merge = _merge(model)
+    if bool((grids[:, 1:] % merge).any()):
+        raise AdapterError(f"video_grid_thw {grids.tolist()} has h or w not divisible by the merge size {merge}")
+    output = inner.get_video_features(pixels, grids, return_dict=True)
     per_block = _blocks_per_frame(model)
     deepstack = getattr(output, "deepstack_features", None) or []
     segments = []

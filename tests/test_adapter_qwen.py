@@ -1,0 +1,233 @@
+"""Qwen2-VL, Qwen2.5-VL, Qwen3-VL: identity, stock M-RoPE ids, hand-built pooled references, batches, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+from longctx_adapter import AdapterError, apply_adapter, get_adapter
+from longctx_adapter.pooling import normalize_pooling, pool_video
+from longctx_adapter.tiny_qwen import QWEN_TINY_TYPES, qwen_hand_inputs, qwen_tiny_model
+
+PROGRESSIVE = {"type": "progressive", "group": 2, "strides": [1, 2], "mode": "avg"}
+SPATIAL = {"type": "conv3d", "kernel": [1, 2, 2], "stride": [1, 2, 2]}
+TEMPORAL = {"type": "temporal", "kernel": 2, "stride": 2}
+
+
+@pytest.fixture(scope="module", params=QWEN_TINY_TYPES)
+def model_type(request):
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def model(model_type):
+    return qwen_tiny_model(model_type, seed=0)
+
+
+class DecoderInputs:
+    """Position ids and embeddings the decoder receives, per call."""
+
+    def __init__(self, model):
+        self.calls = []
+        self.handle = model.model.language_model.register_forward_pre_hook(self._hook, with_kwargs=True)
+
+    def _hook(self, module, args, kwargs):
+        self.calls.append(
+            {
+                "position_ids": kwargs["position_ids"].clone(),
+                "inputs_embeds": kwargs["inputs_embeds"].clone(),
+                "deepstack": [d.clone() for d in kwargs.get("deepstack_visual_embeds") or []],
+            }
+        )
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+
+def _hooks(model):
+    return [(n, list(m._forward_hooks), list(m._forward_pre_hooks)) for n, m in model.named_modules()] + [
+        sorted(k for k in model.__dict__ if k in ("forward", "generate")),
+        "get_rope_index" in model.model.__dict__,
+    ]
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_identity_forward_generate_and_remove(model_type, attn):
+    model = qwen_tiny_model(model_type, seed=0, attn_implementation=attn)
+    inputs = qwen_hand_inputs(model_type, 4, batch=2, seed=1)
+    stock = model(**inputs).logits
+    gen = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    hooks = _hooks(model)
+    for pooling in (None, {"type": "progressive", "group": 1, "strides": [1]}):
+        with apply_adapter(model, pooling=pooling):
+            assert torch.equal(model(**inputs).logits, stock)
+            assert torch.equal(model.generate(**inputs, max_new_tokens=4, do_sample=False), gen)
+        assert _hooks(model) == hooks
+    handle = apply_adapter(model, pooling=PROGRESSIVE)
+    assert not torch.equal(model(**inputs).logits, stock)
+    handle.remove()
+    assert torch.equal(model(**inputs).logits, stock)
+    assert _hooks(model) == hooks and get_adapter(model) is None
+
+
+def test_adapter_ids_equal_stock_get_rope_index_when_unpooled(model_type, model):
+    inputs = qwen_hand_inputs(model_type, 6, batch=2, seed=2)
+    extra = {"second_per_grid_ts": inputs["second_per_grid_ts"]} if "second_per_grid_ts" in inputs else {}
+    stock, deltas = model.model.get_rope_index(
+        inputs["input_ids"],
+        inputs["mm_token_type_ids"],
+        video_grid_thw=inputs["video_grid_thw"],
+        attention_mask=inputs["attention_mask"],
+        **extra,
+    )
+    with apply_adapter(model, pooling={"type": "progressive", "group": 1, "strides": [1]}) as handle:
+        with DecoderInputs(model) as seen:
+            model(**inputs)
+        ids = seen.calls[-1]["position_ids"]
+        assert ids.dtype == torch.long
+        live = inputs["attention_mask"].bool()
+        assert torch.equal(ids[:, live], stock[:, live])
+        assert handle.family_state.ids is None  # released after the call
+    assert model.model.rope_deltas is not None and torch.equal(model.model.rope_deltas, deltas)
+
+
+def _naive_visual_ids(stock, input_ids, video_token, strides, height, width, per_block):
+    """Window centres by naive loops for per-frame s x s average windows (independent of positions.py)."""
+    row = input_ids[0].tolist()
+    firsts = [m for m in range(len(row)) if row[m] == video_token and (m == 0 or row[m - 1] != video_token)]
+    ids = []
+    for f, s in enumerate(strides):
+        first = firsts[f] if per_block else firsts[0]
+        start = float(stock[1, 0, first])
+        t_val = start if per_block else float(stock[0, 0, first + f * height * width])
+        for a in range(-(-height // s)):
+            for b in range(-(-width // s)):
+                rows = range(a * s, min((a + 1) * s, height))
+                cols = range(b * s, min((b + 1) * s, width))
+                ids.append((t_val, start + sum(rows) / len(rows), start + sum(cols) / len(cols)))
+    return torch.tensor(ids, dtype=torch.float64).T
+
+
+@pytest.mark.parametrize("pooling", [PROGRESSIVE, SPATIAL])
+def test_pooled_run_equals_hand_built_reference(model_type, model, pooling):
+    """Stock model fed pooled features by hand (mm_encoder_outputs), shrunk ids and naive window-centre ids."""
+    inputs = qwen_hand_inputs(model_type, 4, seed=3)
+    stages = normalize_pooling(pooling)
+    extra = {"second_per_grid_ts": inputs["second_per_grid_ts"]} if "second_per_grid_ts" in inputs else {}
+    stock_ids, _ = model.model.get_rope_index(
+        inputs["input_ids"], inputs["mm_token_type_ids"], video_grid_thw=inputs["video_grid_thw"], **extra
+    )
+    enc = model.model.get_video_features(inputs["pixel_values_videos"], inputs["video_grid_thw"])
+    t, h, w = (int(x) for x in inputs["video_grid_thw"][0])
+    height, width = h // 2, w // 2
+    pooled = pool_video(enc.pooler_output[0].reshape(t, height, width, -1), stages)
+    deep = [
+        pool_video(d[0].reshape(t, height, width, -1), stages).flatten()
+        for d in (getattr(enc, "deepstack_features", None) or [])
+    ]
+    strides = [1 if (f % 2 == 0 and pooling is PROGRESSIVE) else 2 for f in range(t)]
+    per_block = model_type == "qwen3_vl"
+
+    # Hand-built shrunk layout: text kept; each video block (Qwen3: each frame block) gets its pooled count.
+    video = model.config.video_token_id
+    ids, types = inputs["input_ids"][0].tolist(), inputs["mm_token_type_ids"][0].tolist()
+    sizes = [a * b for a, b in pooled.sizes]
+    counts = iter(sizes if per_block else [sum(sizes)])
+    new_ids, new_types, keep, i = [], [], [], 0
+    while i < len(ids):
+        if ids[i] == video:
+            while i < len(ids) and ids[i] == video:
+                i += 1
+            n = next(counts)
+            new_ids, new_types, keep = new_ids + [video] * n, new_types + [2] * n, keep + [None] * n
+        else:
+            new_ids.append(ids[i])
+            new_types.append(types[i])
+            keep.append(i)
+            i += 1
+    positions = torch.zeros(3, len(new_ids), dtype=torch.float64)
+    text = [k for k, src in enumerate(keep) if src is not None]
+    positions[:, text] = stock_ids[:, 0, [keep[k] for k in text]].double()
+    vis = [k for k, src in enumerate(keep) if src is None]
+    positions[:, vis] = _naive_visual_ids(stock_ids, inputs["input_ids"], video, strides, height, width, per_block)
+    ref_inputs = {
+        "input_ids": torch.tensor([new_ids]),
+        "mm_token_type_ids": torch.tensor([new_types], dtype=torch.int32),
+        "attention_mask": torch.ones(1, len(new_ids), dtype=torch.long),
+        "position_ids": positions[:, None].float(),
+    }
+    output = BaseModelOutputWithPooling(pooler_output=(pooled.flatten(),))
+    if deep:
+        output.deepstack_features = [(d,) for d in deep]
+    with torch.no_grad():
+        ref = model(**ref_inputs, mm_encoder_outputs={"video": output}).logits
+        with apply_adapter(model, pooling=pooling), DecoderInputs(model) as seen:
+            adapted = model(**inputs).logits
+    torch.testing.assert_close(seen.calls[-1]["position_ids"].double(), positions[:, None], rtol=0, atol=1e-6)
+    if deep:
+        assert all(torch.equal(a, b) for a, b in zip(seen.calls[-1]["deepstack"], deep))
+    caller = torch.tensor([keep[k] for k in text])
+    torch.testing.assert_close(adapted[0, caller], ref[0, text], rtol=1e-5, atol=1e-5)
+
+
+def test_decode_positions_equal_stock_and_no_state_leaks(model_type, model):
+    inputs = qwen_hand_inputs(model_type, 4, batch=2, seed=4)
+    with DecoderInputs(model) as stock_seen:
+        model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    with apply_adapter(model, pooling=PROGRESSIVE), DecoderInputs(model) as seen:
+        model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    # decode steps get exactly the M-RoPE ids a stock run gives them (row 0 of 4, the text index used for masks,
+    # counts the shorter adapted sequence)
+    stock_decode = [c["position_ids"][-3:] for c in stock_seen.calls[1:]]
+    adapted_decode = [c["position_ids"][-3:] for c in seen.calls[1:]]
+    assert len(stock_decode) == len(adapted_decode) == 2
+    for a, b in zip(adapted_decode, stock_decode):
+        assert torch.equal(a.double(), b.double())
+
+
+def test_batch_and_successive_calls_match_separate_calls(model_type, model):
+    inputs = qwen_hand_inputs(model_type, 4, batch=2, frame_counts=[2, 4], seed=5)
+    singles = []
+    with apply_adapter(model, pooling=PROGRESSIVE):
+        batched = model(**inputs).logits
+        gen = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+        for row, frames in enumerate([2, 4]):
+            one = qwen_hand_inputs(model_type, frames, batch=1, frame_counts=[frames], seed=5)
+            live = inputs["attention_mask"][row].bool()
+            one["input_ids"] = inputs["input_ids"][row, live][None]
+            one["mm_token_type_ids"] = inputs["mm_token_type_ids"][row, live][None]
+            one["attention_mask"] = torch.ones_like(one["input_ids"])
+            patches = inputs["video_grid_thw"].prod(-1).tolist()
+            lo = sum(patches[:row])
+            one["pixel_values_videos"] = inputs["pixel_values_videos"][lo : lo + patches[row]]
+            one["video_grid_thw"] = inputs["video_grid_thw"][row : row + 1]
+            if "second_per_grid_ts" in inputs:
+                one["second_per_grid_ts"] = inputs["second_per_grid_ts"][row : row + 1]
+            singles.append((model(**one).logits, live, model.generate(**one, max_new_tokens=3, do_sample=False)))
+    for row, (logits, live, one_gen) in enumerate(singles):
+        torch.testing.assert_close(batched[row, live][-4:], logits[0, -4:], rtol=1e-4, atol=1e-4)
+        assert torch.equal(gen[row, -3:], one_gen[0, -3:])
+
+
+def test_bad_inputs_are_refused_and_model_unchanged(model_type, model):
+    inputs = qwen_hand_inputs(model_type, 4, seed=6)
+    stock = model(**inputs).logits
+    with apply_adapter(model, pooling=PROGRESSIVE):
+        bad_grid = dict(inputs, video_grid_thw=inputs["video_grid_thw"] * torch.tensor([[2, 1, 1]]))
+        with pytest.raises(AdapterError, match="video_grid_thw"):
+            model(**bad_grid)
+        no_types = {k: v for k, v in inputs.items() if k != "mm_token_type_ids"}
+        with pytest.raises(AdapterError, match="mm_token_type_ids"):
+            model(**no_types)
+        fewer_tokens = dict(inputs, video_grid_thw=inputs["video_grid_thw"] * torch.tensor([[1, 2, 1]]))
+        with pytest.raises(AdapterError, match="video_grid_thw"):
+            model(**fewer_tokens)
+    if model_type == "qwen3_vl":
+        with apply_adapter(model, pooling=TEMPORAL):
+            with pytest.raises(AdapterError, match="frame count"):
+                model(**inputs)
+    assert torch.equal(model(**inputs).logits, stock)
