@@ -12,7 +12,7 @@ from .errors import AdapterError
 from .pooling import normalize_pooling
 from .rope import ROPE_TYPES, inv_freq_for
 
-_ROPE_KEYS = ("type", "visual_window", "scope", "alpha", "beta", "attention_factor", "factor")
+_ROPE_KEYS = ("type", "visual_window", "scope", "alpha", "beta", "attention_factor", "factor", "mrope_axes")
 
 # The paper's progressive defaults (group 4, strides 2 then 8) expressed on each family's own grid.
 _PROGRESSIVE_27 = {"type": "progressive", "group": 4, "strides": [2, 8], "mode": "bilinear"}
@@ -147,11 +147,15 @@ def _normalize_rope(rope) -> dict | None:
         given = sorted(k for k in _YARN_ONLY if k in spec)
         if given:
             raise AdapterError(f"rope key(s) {given} only apply to type 'yarn', not {spec['type']!r}; remove them")
+    axes = spec.setdefault("mrope_axes", ["t"])
+    if not isinstance(axes, (list, tuple)) or not axes or any(a not in ("t", "h", "w") for a in axes):
+        raise AdapterError(f"rope['mrope_axes'] must be a non-empty list of 't', 'h', 'w', got {axes!r}")
+    spec["mrope_axes"] = sorted(set(axes), key="thw".index)
     window = spec["visual_window"]
     if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
         raise AdapterError(f"rope['visual_window'] must be a positive int (tokens), got {window!r}")
     # Let the pure function refuse bad numbers now (factor < 1, alpha >= beta, ...), not in the middle of a call.
-    probe = {k: v for k, v in spec.items() if v is not None and k != "scope"}
+    probe = {k: v for k, v in spec.items() if v is not None and k not in ("scope", "mrope_axes")}
     if spec["visual_window"] is None and spec["type"] in ("yarn", "interpolate"):
         probe["visual_window"] = 1
     inv_freq_for(probe, head_dim=8, base=10000.0, factor=1.0)

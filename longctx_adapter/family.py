@@ -53,6 +53,7 @@ class VisualFamily:
     encode: Callable
     pack: Callable
     token_tensors: dict = field(default_factory=dict)
+    visual_extent: Callable | None = None  # (handle, prepared, call) -> per-row extent for the RoPE factor
     install: Callable | None = None
     finish: Callable | None = None
     release: Callable | None = None

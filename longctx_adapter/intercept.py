@@ -187,7 +187,10 @@ def _rope_plan(handle, prepared: Prepared | None, call: dict):
     input_ids = prepared.call["input_ids"] if prepared is not None else call.get("input_ids")
     if input_ids is None:
         return None
-    plan = handle.rope.plan_for(input_ids, handle.family.token_id(handle.model.config))
+    extent = None
+    if handle.family.visual_extent is not None:
+        extent = handle.family.visual_extent(handle, prepared, call)
+    plan = handle.rope.plan_for(input_ids, handle.family.token_id(handle.model.config), extent)
     if plan is not None and prepared is not None:
         for stat in prepared.stats:
             stat["rope_factor"] = plan.factors[stat["row"]]
@@ -276,9 +279,7 @@ def wrap_generate(handle, original):
         if call.get("inputs") is not None and call.get("input_ids") is None:
             call["input_ids"] = call.pop("inputs")
         prepared, plan = _plan_call(handle, call)
-        if prepared is None and plan is None:
-            return original(*args, **kwargs)
-        with _adapted_call(handle, prepared, plan):
+        with _adapted_call(handle, prepared, plan):  # the forwards inside generate() pass straight through
             if prepared is None:
                 return original(*args, **kwargs)
             output = original(**prepared.call)

@@ -70,14 +70,25 @@ class RopePlan:
     shift: torch.Tensor | None = None  # (B, L_prompt) float64: how far back each position moves (interpolate)
 
 
-def plan_rope(spec: dict, base: RopeBase, visual: torch.Tensor) -> RopePlan | None:
-    """Per-row factor s = max(1, visual tokens / visual_window) (or the fixed factor); None when no row changes."""
-    counts = visual.sum(dim=1).tolist()
+def plan_rope(spec: dict, base: RopeBase, visual: torch.Tensor, extent: list | None = None) -> RopePlan | None:
+    """Per-row factor s = max(1, visual extent / visual_window) (or the fixed factor); None when no row changes.
+
+    The extent is the number of visual tokens (1-D RoPE) or, for M-RoPE, the temporal span in positions.
+    """
+    counts = visual.sum(dim=1).tolist() if extent is None else list(extent)
     if not any(counts):
         return None
     fixed = spec.get("factor")
     window = spec.get("visual_window")
-    factors = [float(fixed) if fixed is not None and n else (scale_factor(n, window) if n else 1.0) for n in counts]
+
+    def factor(n):
+        if not n:
+            return 1.0
+        if fixed is not None:
+            return float(fixed)
+        return scale_factor(int(n), window) if float(n).is_integer() else max(1.0, n / window)
+
+    factors = [factor(n) for n in counts]
     changed = torch.tensor([f > 1.0 for f in factors], device=visual.device)
     if not bool(changed.any()):
         return None
@@ -88,7 +99,7 @@ def plan_rope(spec: dict, base: RopeBase, visual: torch.Tensor) -> RopePlan | No
         step = torch.as_tensor(step, dtype=torch.float64, device=visual.device).expand(visual.shape[0], 1)
         plan.shift = visual_position_shift(visual, step)
         return plan
-    pure_spec = {k: v for k, v in spec.items() if v is not None and k not in ("scope", "factor")}
+    pure_spec = {k: v for k, v in spec.items() if v is not None and k not in ("scope", "factor", "mrope_axes")}
     rows, scales = [], []
     for f in factors:
         inv, scale = inv_freq_for(
@@ -130,6 +141,10 @@ class RopeHooks:
     def __init__(self, spec: dict, base: RopeBase, decoder, rotary):
         self.spec = spec
         self.base = base
+        # M-RoPE (Qwen-VL): position ids are (3, B, L) and the module recomposes per-axis frequency sections.
+        self.mrope = getattr(rotary, "recomposition_frequencies", None)
+        if self.mrope is not None and spec["type"] == "interpolate":
+            raise AdapterError("rope type 'interpolate' is for 1-D RoPE; on M-RoPE models use yarn, linear or ntk")
         self._local = threading.local()
         self._by_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._stock_inv = default_inv_freq(base.head_dim, base.theta, base.partial_rotary_factor)
@@ -155,8 +170,8 @@ class RopeHooks:
     def remember(self, cache, plan: RopePlan) -> None:
         self._by_cache[cache] = plan
 
-    def plan_for(self, input_ids: torch.Tensor, token_id: int) -> RopePlan | None:
-        return plan_rope(self.spec, self.base, input_ids == token_id)
+    def plan_for(self, input_ids: torch.Tensor, token_id: int, extent: list | None = None) -> RopePlan | None:
+        return plan_rope(self.spec, self.base, input_ids == token_id, extent)
 
     # --- hooks ------------------------------------------------------------------------------------------
     def _before_decoder(self, module, args, kwargs):
@@ -175,14 +190,16 @@ class RopeHooks:
             return None
         position_ids = kwargs["position_ids"] if "position_ids" in kwargs else args[1]
         cos, sin = output
-        if position_ids.dim() != 2 or cos.dim() != 3:
+        if self.mrope is not None:
+            position_ids = position_ids.expand(3, -1, -1)
+        if position_ids.dim() != (3 if self.mrope is not None else 2) or cos.dim() != 3:
             return None
         rows = plan.visual.shape[0]
-        if position_ids.shape[0] == 1 and rows > 1:
+        if position_ids.shape[-2] == 1 and rows > 1:
             # A bare forward shares one (1, L) position row across the batch; the plan differs per row.
-            position_ids = position_ids.expand(rows, -1)
+            position_ids = position_ids.expand(*position_ids.shape[:-2], rows, -1)
             cos, sin = cos.expand(rows, -1, -1), sin.expand(rows, -1, -1)
-        batch, length = position_ids.shape
+        batch, length = position_ids.shape[-2:]
         plan = _expanded(plan, batch)
         cols = torch.arange(offset, offset + length, device=position_ids.device)
         prompt_len = plan.visual.shape[1]
@@ -193,7 +210,10 @@ class RopeHooks:
         target = rows & (visual if plan.spec["scope"] == "visual" else torch.ones_like(visual))
         if not bool(target.any()):
             return None
-        new_cos, new_sin = self._extended(plan, position_ids, cols, in_prompt, cos.dtype)
+        if self.mrope is not None:
+            new_cos, new_sin = self._extended_mrope(plan, position_ids, cos.dtype)
+        else:
+            new_cos, new_sin = self._extended(plan, position_ids, cols, in_prompt, cos.dtype)
         mask = target[..., None]
         return torch.where(mask, new_cos, cos), torch.where(mask, new_sin, sin)
 
@@ -213,6 +233,19 @@ class RopeHooks:
         emb = torch.cat((freqs, freqs), dim=-1)
         scaling = plan.scaling.to(device)[:, None, None]
         return (emb.cos() * scaling).to(dtype), (emb.sin() * scaling).to(dtype)
+
+    def _extended_mrope(self, plan: RopePlan, position_ids, dtype):
+        """The module's own recipe (per-axis freqs, cos/sin, section recomposition) with extended axes."""
+        device = position_ids.device
+        stock = self._stock_inv.to(device=device, dtype=torch.float)
+        per_axis = stock.expand(3, position_ids.shape[1], -1).clone()
+        for axis in plan.spec.get("mrope_axes", ["t"]):
+            per_axis["thw".index(axis)] = plan.inv_freq.to(device=device, dtype=torch.float)
+        freqs = position_ids[..., None].float() * per_axis[:, :, None, :]
+        scaling = plan.scaling.to(device)[None, :, None, None]
+        cos = self.mrope(freqs.cos() * scaling)
+        sin = self.mrope(freqs.sin() * scaling)
+        return cos.to(dtype), sin.to(dtype)
 
     def remove(self):
         for h in self.handles:

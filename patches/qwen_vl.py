@@ -169,6 +169,30 @@ def finish(handle, ctx) -> None:
     state.deltas = stock_deltas + shrink[:, None]
 
 
+def visual_extent(handle, prepared, call) -> list[float]:
+    """Temporal span of each row's video tokens in M-RoPE positions (after pooling): the RoPE factor's numerator."""
+    model = handle.model
+    if prepared is not None:
+        positions, input_ids = handle.family_state.positions, prepared.call["input_ids"]
+    else:
+        if call.get("mm_token_type_ids") is None or call.get("input_ids") is None or call.get("video_grid_thw") is None:
+            return [0.0] * (0 if call.get("input_ids") is None else call["input_ids"].shape[0])
+        keys = ("image_grid_thw", "video_grid_thw", "second_per_grid_ts")
+        positions, _ = handle.original_get_rope_index(
+            call["input_ids"],
+            mm_token_type_ids=call["mm_token_type_ids"],
+            attention_mask=call.get("attention_mask"),
+            **{k: call[k] for k in keys if call.get(k) is not None},
+        )
+        input_ids = call["input_ids"]
+    visual = input_ids == model.config.video_token_id
+    spans = []
+    for t_ids, mask in zip(positions[0].double(), visual):
+        picked = t_ids[mask.to(t_ids.device)]
+        spans.append(float(picked.max() - picked.min() + 1) if picked.numel() else 0.0)
+    return spans
+
+
 def release(handle) -> None:
     state = handle.family_state
     state.ids = state.positions = state.deltas = None
@@ -192,6 +216,7 @@ def _family(model_type: str) -> VisualFamily:
         encode=encode,
         pack=pack,
         token_tensors={"mm_token_type_ids": (0, 2)},
+        visual_extent=visual_extent,
         install=install,
         finish=finish,
         release=release,

@@ -231,3 +231,75 @@ def test_bad_inputs_are_refused_and_model_unchanged(model_type, model):
             with pytest.raises(AdapterError, match="frame count"):
                 model(**inputs)
     assert torch.equal(model(**inputs).logits, stock)
+
+
+# --- visual window extension on M-RoPE ------------------------------------------------------------------------
+
+
+class RotaryOutputs:
+    def __init__(self, model):
+        self.calls = []
+        rotary = model.model.language_model.rotary_emb
+        self.handle = rotary.register_forward_hook(lambda m, a, o: self.calls.append((a[1].clone(), o[0].clone())))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+
+def test_mrope_short_video_is_bit_exact(model_type, model):
+    inputs = qwen_hand_inputs(model_type, 4, batch=2, seed=7)
+    stock = model(**inputs).logits
+    gen = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    for scope in ("all", "visual"):
+        with apply_adapter(model, pooling=None, rope={"type": "yarn", "visual_window": 1000, "scope": scope}):
+            assert torch.equal(model(**inputs).logits, stock)
+            assert torch.equal(model.generate(**inputs, max_new_tokens=3, do_sample=False), gen)
+
+
+def test_mrope_scope_all_on_every_axis_equals_hf_yarn_model(model_type, model):
+    import copy
+
+    inputs = qwen_hand_inputs(model_type, 4, seed=8)
+    config = copy.deepcopy(model.config)
+    params = dict(config.text_config.rope_parameters)
+    params.update(
+        rope_type="yarn",
+        factor=3.0,
+        original_max_position_embeddings=4,
+        beta_fast=32.0,
+        beta_slow=1.0,
+        attention_factor=1.0,
+    )
+    config.text_config.rope_parameters = params
+    ref = type(model)._from_config(config, attn_implementation=model.config._attn_implementation)
+    ref.load_state_dict(model.state_dict())
+    ref.eval()
+    rope = {"type": "yarn", "visual_window": 4, "scope": "all", "factor": 3.0, "mrope_axes": ["t", "h", "w"]}
+    with torch.no_grad(), apply_adapter(model, pooling=None, rope=rope):
+        assert torch.equal(model(**inputs).logits, ref(**inputs).logits)
+        kw = dict(max_new_tokens=4, do_sample=False)
+        assert torch.equal(model.generate(**inputs, **kw), ref.generate(**inputs, **kw))
+
+
+def test_mrope_scope_visual_changes_only_the_temporal_section_of_video_rows(model_type, model):
+    inputs = qwen_hand_inputs(model_type, 8, seed=9)
+    rope = {"type": "yarn", "visual_window": 2, "scope": "visual"}
+    with apply_adapter(model, pooling=PROGRESSIVE, rope=rope) as handle:
+        with RotaryOutputs(model) as seen:
+            model(**inputs)
+        factor = handle.last_stats[0]["rope_factor"]
+    assert factor > 1
+    pos, cos = seen.calls[-1]
+    rotary = model.model.language_model.rotary_emb
+    stock_cos, _ = rotary(cos, pos)  # stock rotation of the same (adapter-given) ids, hook removed
+    # which dims of cos come from the t axis, as the module recomposes them
+    marker = torch.zeros(3, 1, 1, sum(rotary.mrope_section))
+    marker[0] = 1.0
+    t_dims = rotary.recomposition_frequencies(marker)[0, 0].bool()
+    changed_rows = (cos != stock_cos).any(-1)[0]
+    n_video = int(changed_rows.sum())
+    assert n_video == sum(s["tokens_after"] for s in handle.last_stats)  # exactly the video rows
+    assert not (cos != stock_cos)[0][changed_rows][:, ~t_dims].any()  # only temporal-section dims differ
