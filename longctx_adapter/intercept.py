@@ -278,14 +278,106 @@ def wrap_generate(handle, original):
         call = bind_call(signature, args, kwargs)
         if call.get("inputs") is not None and call.get("input_ids") is None:
             call["input_ids"] = call.pop("inputs")
+        continued = _continuation(handle, call)
+        if continued is not None:
+            return _continue_generation(handle, original, call, continued)
         prepared, plan = _plan_call(handle, call)
         with _adapted_call(handle, prepared, plan):  # the forwards inside generate() pass straight through
             if prepared is None:
                 return original(*args, **kwargs)
             output = original(**prepared.call)
+        _remember_continuation(handle, output, prepared, plan)
         return _caller_prompt(output, prepared)
 
     return generate
+
+
+@dataclass
+class Continuation:
+    """How a cache returned by an adapted generate() lines up with the caller's sequences."""
+
+    caller: torch.Tensor  # (B, Lc) sequences as returned to the caller
+    adapted: torch.Tensor  # (B, La) the same sequences in the adapted layout the cache holds
+    attention_mask: torch.Tensor
+    extra: dict  # other per-token tensors in the adapted layout (e.g. mm_token_type_ids)
+    plan: object
+
+
+def _remember_continuation(handle, output, prepared, plan) -> None:
+    cache = getattr(output, "cache", None)
+    if cache is None or isinstance(output, torch.Tensor):
+        return
+    adapted = output.sequences
+    generated = adapted.shape[1] - prepared.rewritten.input_ids.shape[1]
+    mask = prepared.call.get("attention_mask")
+    if mask is None:
+        mask = torch.ones_like(prepared.rewritten.input_ids)
+    mask = torch.cat([mask, mask.new_ones(mask.shape[0], generated)], dim=1)
+    extra = {}
+    for name in handle.family.token_tensors:
+        if prepared.call.get(name) is not None:
+            value = prepared.call[name]
+            extra[name] = torch.cat([value, value.new_zeros(value.shape[0], generated)], dim=1)
+    caller = (
+        torch.cat([prepared.caller_input_ids.to(adapted.device), adapted[:, -generated:]], dim=1)
+        if generated
+        else (prepared.caller_input_ids)
+    )
+    handle.continuations[cache] = Continuation(caller, adapted.clone(), mask, extra, plan)
+    if plan is not None:
+        handle.rope.remember(cache, plan)
+
+
+def _continuation(handle, call) -> Continuation | None:
+    cache = call.get("cache", call.get("past_key_values"))
+    if cache is None:
+        return None
+    try:
+        continued = handle.continuations.get(cache)
+    except TypeError:  # an unhashable legacy cache
+        return None
+    if continued is None:
+        return None
+    if any(call.get(key) is not None for key in handle.family.pixel_keys):
+        raise AdapterError(
+            "this cache comes from an adapted call; continuing it with new pixels is not supported. "
+            "Start a new generate() without the cache for a new video"
+        )
+    ids = call.get("input_ids")
+    prefix = continued.caller.shape[1]
+    if (
+        ids is None
+        or ids.shape[1] < prefix
+        or not torch.equal(ids[:, :prefix].to(continued.caller.device), continued.caller)
+    ):
+        raise AdapterError(
+            "the cache comes from an adapted generate(); continue it with input_ids that start with the sequences "
+            "that call returned (prompt + generated tokens), as with a stock model"
+        )
+    return continued
+
+
+def _continue_generation(handle, original, call, continued: Continuation):
+    """Translate the caller's sequences to the layout the cache holds, generate, and translate back."""
+    prefix = continued.caller.shape[1]
+    ids = call["input_ids"]
+    new_call = dict(call)
+    new_call["input_ids"] = torch.cat([continued.adapted.to(ids.device), ids[:, prefix:]], dim=1)
+    mask = call.get("attention_mask")
+    tail_mask = mask[:, prefix:] if mask is not None else torch.ones_like(ids[:, prefix:])
+    new_call["attention_mask"] = torch.cat([continued.attention_mask.to(tail_mask.device), tail_mask], dim=1)
+    for name, value in continued.extra.items():
+        given = call.get(name)
+        tail = given[:, prefix:] if given is not None else value.new_zeros(ids.shape[0], ids.shape[1] - prefix)
+        new_call[name] = torch.cat([value.to(tail.device), tail], dim=1)
+    with _adapted_call(handle, None, continued.plan):
+        output = original(**new_call)
+    sequences = output if isinstance(output, torch.Tensor) else output.sequences
+    restored = torch.cat([ids, sequences[:, new_call["input_ids"].shape[1] :]], dim=1)
+    if isinstance(output, torch.Tensor):
+        return restored
+    output.sequences = restored
+    return output
 
 
 def _caller_prompt(output, prepared):
