@@ -28,6 +28,7 @@ class AdapterHandle:
         self._patched: list[tuple[object, str, bool, object]] = []
         self.rope: RopeHooks | None = None
         self.family_state = None  # owned by the family patch (e.g. Qwen's precomputed M-RoPE ids)
+        self.continuations = weakref.WeakKeyDictionary()  # cache -> how it maps to the caller's sequences
         self._removed = False
 
     # --- results of the last call --------------------------------------------------------------
