@@ -6,6 +6,7 @@ import copy
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from types import MappingProxyType
 from typing import Any
 
 from .errors import AdapterError
@@ -32,7 +33,25 @@ _PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-@dataclass(frozen=True)
+def _freeze(value):
+    """Read-only view of plain JSON-like data (mappings -> MappingProxyType, lists -> tuples)."""
+    if isinstance(value, Mapping):
+        return MappingProxyType({k: _freeze(v) for k, v in value.items()})
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+def _thaw(value):
+    """Plain, mutable JSON-like data again (a deep copy)."""
+    if isinstance(value, Mapping):
+        return {k: _thaw(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_thaw(v) for v in value]
+    return copy.deepcopy(value)
+
+
+@dataclass(frozen=True, eq=True)
 class AdapterConfig:
     """What to pool and how to extend RoPE; every value is plain data so ablations are one dict away.
 
@@ -53,9 +72,10 @@ class AdapterConfig:
     last_logits_only: bool = False
 
     def __post_init__(self):
-        stages = normalize_pooling(self.pooling)
-        object.__setattr__(self, "pooling", stages or None)
-        object.__setattr__(self, "rope", _normalize_rope(self.rope))
+        stages = normalize_pooling(_thaw(self.pooling))
+        # Frozen all the way down: a live handle's config cannot be edited behind validation's back.
+        object.__setattr__(self, "pooling", _freeze(stages) if stages else None)
+        object.__setattr__(self, "rope", _freeze(_normalize_rope(_thaw(self.rope))))
         if not isinstance(self.pool_single_images, bool):
             raise AdapterError(f"pool_single_images must be true or false, got {self.pool_single_images!r}")
         _check_memory_options(self)
@@ -63,12 +83,15 @@ class AdapterConfig:
     # --- serialization -------------------------------------------------------------------------
     def to_dict(self) -> dict:
         return {
-            "pooling": copy.deepcopy(list(self.pooling)) if self.pooling else None,
-            "rope": copy.deepcopy(self.rope),
+            "pooling": _thaw(list(self.pooling)) if self.pooling else None,
+            "rope": _thaw(self.rope),
             "pool_single_images": self.pool_single_images,
             "vision_chunk_frames": self.vision_chunk_frames,
             "last_logits_only": self.last_logits_only,
         }
+
+    def __hash__(self) -> int:
+        return hash(self.to_json(sort_keys=True))
 
     @classmethod
     def from_dict(cls, data: Mapping) -> AdapterConfig:

@@ -122,13 +122,14 @@ def prepare(handle, call: dict) -> Prepared | None:
         },
     )
     new_call = {k: v for k, v in call.items() if k not in family.pixel_keys}
+    encoded = dict(call.get("mm_encoder_outputs") or {})
+    _encode_other_modality(model, family, call, new_call, encoded)
     new_call["input_ids"] = rewritten.input_ids
     if rewritten.attention_mask is not None:
         new_call["attention_mask"] = rewritten.attention_mask
     if call.get("labels") is not None:
         new_call["labels"] = rewritten.labels
     new_call.update(rewritten.extra)
-    encoded = dict(call.get("mm_encoder_outputs") or {})
     encoded[family.modality] = family.pack(template, features, side_features if any(side_features) else ())
     new_call["mm_encoder_outputs"] = encoded
     if family.finish is not None:
@@ -136,6 +137,17 @@ def prepare(handle, call: dict) -> Prepared | None:
             handle, PoolContext(call, new_call, rewritten, segments, pooled_videos, segment_runs, segment_lengths)
         )
     return Prepared(new_call, rewritten, input_ids, stats)
+
+
+def _encode_other_modality(model, family, call, new_call, encoded) -> None:
+    """Stock-encode images that share a call with a pooled video: forward() refuses pixels next to encoder outputs."""
+    if family.modality != "video" or call.get("pixel_values") is None or encoded.get("image") is not None:
+        return
+    encoder = model.model.get_image_features
+    accepted = inspect.signature(encoder).parameters
+    kwargs = {k: call[k] for k in accepted if k in call and k != "kwargs"}
+    encoded["image"] = encoder(**kwargs, return_dict=True)
+    new_call.pop("pixel_values")
 
 
 def _runs_per_segment(family, runs, segments) -> list[list]:
@@ -285,6 +297,7 @@ def wrap_generate(handle, original):
         with _adapted_call(handle, prepared, plan):  # the forwards inside generate() pass straight through
             if prepared is None:
                 return original(*args, **kwargs)
+            _shift_lengths(handle.model, prepared)
             output = original(**prepared.call)
         _remember_continuation(handle, output, prepared, plan)
         return _caller_prompt(output, prepared)
@@ -378,6 +391,22 @@ def _continue_generation(handle, original, call, continued: Continuation):
         return restored
     output.sequences = restored
     return output
+
+
+def _shift_lengths(model, prepared) -> None:
+    """max_length / min_length count the caller's prompt: move them by how much the rewrite changed it."""
+    call = prepared.call
+    delta = prepared.rewritten.input_ids.shape[1] - prepared.caller_input_ids.shape[1]
+    if delta == 0:
+        return
+    config = call.get("generation_config") or model.generation_config
+    for key, new_tokens_key in (("max_length", "max_new_tokens"), ("min_length", "min_new_tokens")):
+        if call.get(key) is not None:
+            call[key] = call[key] + delta
+        elif call.get(new_tokens_key) is None and getattr(config, new_tokens_key, None) is None:
+            default = getattr(config, key, None)
+            if default:  # e.g. the model's default max_length of 20 when no max_new_tokens is given
+                call[key] = default + delta
 
 
 def _caller_prompt(output, prepared):

@@ -36,8 +36,13 @@ def encode(model, encoder_kwargs, run_lengths, adapter_config):
 
 
 def pack(template: BaseModelOutputWithPooling, features, side_features=()):
-    # The stock forward does `pooler_output.flatten(0, 1)`: hand it one (1, N, D) tensor.
-    template.pooler_output = torch.cat(features, dim=0)[None]
+    # The stock forward does `pooler_output.flatten(0, 1)`. A (B, N, D) stack keeps one video per row, which
+    # generate() needs to expand rows for beams; rows of different lengths (not produced by the stock
+    # processor, whose batches share a frame count) fall back to one (1, sum N, D) tensor.
+    if len({f.shape[0] for f in features}) == 1:
+        template.pooler_output = torch.stack(features)
+    else:
+        template.pooler_output = torch.cat(features, dim=0)[None]
     return template
 
 
