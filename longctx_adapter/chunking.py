@@ -1,0 +1,231 @@
+"""Frame-chunked vision encoding (`AdapterConfig.vision_chunk_frames`): the same features, a flat encoder peak.
+
+Without chunking the vision tower sees every frame of a video in one batch, so its activations (and the unpooled
+projected features) grow with the frame count: at 256 frames on LLaVA-OneVision-7B the encoder alone can peak above
+the language model. With `vision_chunk_frames=C` the adapter
+
+1. splits each video's pixels along the frame axis into chunks of C frames (LLaVA family: `(B, T, C, H, W)` pixels;
+   Qwen-VL: the patch rows of C frames with `video_grid_thw` t = C / temporal_patch_size),
+2. runs the family's own stock encoder (`family.encode`) on one chunk at a time, and
+3. pools each chunk as soon as it is encoded, keeping only pooled tokens, when the pooling stages are *frame-local*
+   at that chunk size (below); otherwise it keeps each chunk's unpooled grid and pools the concatenation once at
+   the end (encoder activations stay flat, the unpooled features of the whole video exist once).
+
+Frame-local stages (pooling chunk by chunk gives exactly the tokens of pooling the whole video):
+- `progressive`: always when the chunk (in grid frames, after earlier temporal stages) is a multiple of `group`;
+- `temporal`: kernel == stride (no window straddles a chunk border) and the chunk is a multiple of the stride;
+- `conv3d`: explicit kernel/stride (no `output`, which is solved from the whole video) with temporal kernel ==
+  temporal stride dividing the chunk;
+- `adaptive3d`: never (its windows depend on the whole video's frame count).
+A last chunk whose length is not a multiple of the stages' temporal reduction is merged into the chunk before it,
+so every window sees the same frames as in the unchunked run.
+
+Equality with the unchunked path: pooling is per frame/window, so it is bit-identical given identical encoder
+output; the encoder is batched over frames and runs the same per-frame computation on a smaller batch. On CPU in
+float32 and bfloat16 the tests find bit-identical results for the LLaVA family; BLAS kernels may choose different
+blockings for a different batch size, so the guarantee stated is equality within 1e-5 relative (fp32).
+
+The template output handed to the stock forward keeps only `pooler_output` (and Qwen3-VL's `deepstack_features`),
+which is all a stock forward reads from pre-encoded outputs: the vision tower's hidden states are not kept alive
+through prefill and decoding (the unchunked path keeps them, as the stock model does).
+
+Qwen3-VL's DeepStack features (`Segment.side_grids`) are chunked and pooled exactly like the main grid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .errors import AdapterError
+from .family import Segment
+from .pooling import PooledVideo, pool_video
+
+__all__ = ["ChunkedSegment", "chunk_plan", "encode_segments", "pool_segment", "pool_side_grids"]
+
+_FRAME_AXIS_TYPES = ("llava_onevision", "llava_next_video")  # pixels (B, T, C, H, W)
+_PATCH_ROW_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")  # pixels (sum t*h*w, patch_dim) + video_grid_thw
+
+
+@dataclass
+class ChunkedSegment(Segment):
+    """A video encoded and pooled chunk by chunk.
+
+    `grid` is a tensor on the meta device: it carries the unpooled (T, H, W, D) shape for stats and position code
+    but no data (any attempt to compute with it fails loudly). The pooled tokens are in `pooled`, the pooled
+    DeepStack features in `side_pooled`.
+    """
+
+    pooled: PooledVideo | None = None
+    side_pooled: tuple = ()
+
+
+def pool_segment(seg: Segment, stages) -> PooledVideo:
+    """The pooled frames of a segment: precomputed for a ChunkedSegment, pooled here otherwise."""
+    if isinstance(seg, ChunkedSegment):
+        return seg.pooled
+    return pool_video(seg.grid, stages)
+
+
+def pool_side_grids(seg: Segment, stages) -> tuple:
+    if isinstance(seg, ChunkedSegment):
+        return seg.side_pooled
+    return tuple(pool_video(g, stages).flatten() for g in seg.side_grids)
+
+
+def chunk_plan(stages, chunk: int) -> tuple[bool, int, str]:
+    """(frame_local, temporal_reduction, reason): can `stages` be applied chunk by chunk at `chunk` grid frames?"""
+    size, reduction = chunk, 1
+    for stage in stages or ():
+        kind = stage["type"]
+        if kind == "progressive":
+            if size % stage["group"]:
+                return False, reduction, (
+                    f"a chunk of {chunk} frames gives {size} frames at the progressive stage, not a multiple of its "
+                    f"group {stage['group']}"
+                )
+        elif kind == "temporal":
+            if stage["kernel"] != stage["stride"]:
+                return False, reduction, "temporal kernel != stride: windows overlap chunk borders"
+            if size % stage["stride"]:
+                return False, reduction, f"chunk of {size} frames is not a multiple of the temporal stride"
+            size //= stage["stride"]
+            reduction *= stage["stride"]
+        elif kind == "conv3d":
+            if stage.get("output") is not None or stage.get("kernel") is None or stage.get("stride") is None:
+                return False, reduction, "conv3d with 'output' solves its window from the whole video's frame count"
+            kt, st = stage["kernel"][0], stage["stride"][0]
+            if kt != st or size % st:
+                return False, reduction, "conv3d temporal kernel != stride or not dividing the chunk"
+            size //= st
+            reduction *= st
+        else:
+            return False, reduction, f"{kind} pools to a size that depends on the whole video"
+    return True, reduction, ""
+
+
+def _chunks(total: int, chunk: int, reduction: int) -> list[tuple[int, int]]:
+    """[start, stop) ranges of `chunk` frames; a last chunk that is not a multiple of `reduction` joins the one before."""
+    bounds = [(s, min(s + chunk, total)) for s in range(0, total, chunk)]
+    if len(bounds) > 1 and (bounds[-1][1] - bounds[-1][0]) % reduction:
+        last = bounds.pop()
+        bounds[-1] = (bounds[-1][0], last[1])
+    return bounds
+
+
+def _lean_template(template):
+    """A fresh output of the same type holding only what a stock forward reads from pre-encoded outputs."""
+    kept = {"pooler_output": template.pooler_output}
+    if getattr(template, "deepstack_features", None) is not None:
+        kept["deepstack_features"] = template.deepstack_features
+    return type(template)(**kept)
+
+
+class _Video:
+    """Chunks of one video as they arrive: pooled frames (frame-local) or unpooled grids (pooled at the end)."""
+
+    def __init__(self, stages, local: bool, blocks_per_frame: bool = False):
+        self.stages, self.local, self.blocks_per_frame = stages, local, blocks_per_frame
+        self.frames: list = []  # pooled frames, or unpooled grids
+        self.sides: list[list] = []
+        self.stock_tokens = 0
+        self.tail = None
+        self.shape = None  # (T, H, W, D) so far
+
+    def add(self, seg: Segment) -> None:
+        if seg.grid is None:
+            raise AdapterError("vision_chunk_frames only chunks videos pooled as grids; this input has a stock segment")
+        tail_len = 0 if seg.tail is None else seg.tail.shape[0]
+        if self.tail is None and seg.tail is not None:
+            self.tail = seg.tail
+            self.stock_tokens += tail_len
+        self.stock_tokens += seg.stock_tokens - tail_len
+        t, h, w, d = seg.grid.shape
+        self.shape = (t, h, w, d) if self.shape is None else (self.shape[0] + t, h, w, d)
+        if self.local:
+            self.frames.extend(pool_video(seg.grid, self.stages).frames)
+            pooled_sides = [pool_video(g, self.stages).flatten() for g in seg.side_grids]
+        else:
+            self.frames.append(seg.grid)
+            pooled_sides = list(seg.side_grids)
+        if not self.sides:
+            self.sides = [[] for _ in pooled_sides]
+        for bucket, side in zip(self.sides, pooled_sides):
+            bucket.append(side)
+
+    def segment(self) -> Segment:
+        runs = self.shape[0] if self.blocks_per_frame else 1  # Qwen3-VL: one placeholder run per grid frame
+        if self.local:
+            sides = tuple(torch.cat(parts) for parts in self.sides)
+            grid = torch.empty(self.shape, device="meta")
+            return ChunkedSegment(
+                stock_tokens=self.stock_tokens,
+                grid=grid,
+                tail=self.tail,
+                runs=runs,
+                pooled=PooledVideo(tuple(self.frames)),
+                side_pooled=sides,
+            )
+        grid = torch.cat(self.frames) if len(self.frames) > 1 else self.frames[0]
+        sides = tuple(torch.cat(parts) for parts in self.sides)
+        return Segment(stock_tokens=self.stock_tokens, grid=grid, tail=self.tail, runs=runs, side_grids=sides)
+
+
+def encode_segments(family, model, encoder_kwargs: dict, run_lengths, config):
+    """`family.encode`, or the same frame chunk by frame chunk when `config.vision_chunk_frames` is set."""
+    chunk = getattr(config, "vision_chunk_frames", None)
+    if not chunk:
+        return family.encode(model, encoder_kwargs, run_lengths, config)
+    model_type = model.config.model_type
+    if model_type in _FRAME_AXIS_TYPES:
+        return _encode_frame_axis(family, model, encoder_kwargs, run_lengths, config, chunk)
+    if model_type in _PATCH_ROW_TYPES:
+        return _encode_patch_rows(family, model, encoder_kwargs, run_lengths, config, chunk)
+    raise AdapterError(
+        f"vision_chunk_frames is not supported for model_type {model_type!r} (frames arrive as separate images there); "
+        f"it works for {sorted(_FRAME_AXIS_TYPES + _PATCH_ROW_TYPES)}. Drop vision_chunk_frames for this model"
+    )
+
+
+def _encode_frame_axis(family, model, encoder_kwargs, run_lengths, config, chunk):
+    (key,) = family.pixel_keys
+    pixels = encoder_kwargs[key]
+    local, reduction, _ = chunk_plan(config.pooling, chunk)
+    videos, template = None, None
+    for start, stop in _chunks(pixels.shape[1], chunk, reduction):
+        part = pixels[:, start:stop].contiguous()  # a copy of one chunk only when the batch has several videos
+        segments, template = family.encode(model, {**encoder_kwargs, key: part}, run_lengths, config)
+        if videos is None:
+            videos = [_Video(config.pooling, local) for _ in segments]
+        for video, seg in zip(videos, segments):
+            video.add(seg)
+        del segments
+    return [v.segment() for v in videos], _lean_template(template)
+
+
+def _encode_patch_rows(family, model, encoder_kwargs, run_lengths, config, chunk):
+    vision = model.config.vision_config
+    step = vision.temporal_patch_size
+    if chunk % step:
+        raise AdapterError(
+            f"vision_chunk_frames={chunk} must be a multiple of this model's temporal patch size ({step} frames)"
+        )
+    grids = encoder_kwargs.get("video_grid_thw")
+    if grids is None:
+        raise AdapterError("Qwen-VL videos need video_grid_thw (the processor returns it); pass it with the pixels")
+    pixels = encoder_kwargs["pixel_values_videos"]
+    local, reduction, _ = chunk_plan(config.pooling, chunk // step)
+    out, template, row = [], None, 0
+    for t, h, w in grids.tolist():
+        video = _Video(config.pooling, local, blocks_per_frame=model.config.model_type == "qwen3_vl")
+        for start, stop in _chunks(t, chunk // step, reduction):
+            rows = pixels[row + start * h * w : row + stop * h * w]
+            grid = torch.tensor([[stop - start, h, w]], dtype=grids.dtype, device=grids.device)
+            kwargs = {**encoder_kwargs, "pixel_values_videos": rows, "video_grid_thw": grid}
+            (seg,), template = family.encode(model, kwargs, run_lengths, config)
+            video.add(seg)
+            del seg
+        out.append(video.segment())
+        row += t * h * w
+    return out, _lean_template(template)
