@@ -62,6 +62,30 @@ class VisualFamily:
         return getattr(config, self.token_attr)
 
 
+_MODALITIES = {
+    "video": dict(
+        modality="video",
+        token_attr="video_token_id",
+        pixel_keys=("pixel_values_videos",),
+        encoder_name="get_video_features",
+    ),
+    "image": dict(
+        modality="image", token_attr="image_token_id", pixel_keys=("pixel_values",), encoder_name="get_image_features"
+    ),
+}
+_DECODER = ("model.language_model", "model.language_model.rotary_emb")
+
+
+def make_family(model_type: str, modality: str, hooked: tuple[str, ...], **rest) -> VisualFamily:
+    """A family patch whose stock encoder, decoder and rotary are where every supported class keeps them.
+
+    hooked: the other attributes of `model.model` the patch relies on (checked at apply time).
+    """
+    fields = _MODALITIES[modality]
+    required = (f"model.{fields['encoder_name']}", *(f"model.{name}" for name in hooked), *_DECODER)
+    return VisualFamily(model_types=(model_type,), required=required, **fields, **rest)
+
+
 @contextlib.contextmanager
 def swapped(obj, name: str, replacement):
     """Temporarily shadow a method on one instance (never the class), restoring it in `finally`."""

@@ -10,6 +10,18 @@ from longctx_adapter.errors import AdapterError
 from longctx_adapter.family import Segment
 
 
+def tower_grid(config) -> tuple[int, int]:
+    """Tokens per side of one frame as the vision tower sees it (image_size / patch_size)."""
+    side = config.vision_config.image_size // config.vision_config.patch_size
+    return side, side
+
+
+def pack_list(template, features, side_features=()):
+    """The stock forward concatenates a list of per-image / per-video feature tensors."""
+    template.pooler_output = list(features)
+    return template
+
+
 def square_side(tokens_per_frame: int) -> int:
     side = math.isqrt(tokens_per_frame)
     if side * side != tokens_per_frame:

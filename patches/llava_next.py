@@ -7,14 +7,9 @@ base tile beside the stock anyres packing (used for single images and to count e
 
 from __future__ import annotations
 
-from longctx_adapter.family import VisualFamily, swapped
+from longctx_adapter.family import make_family, swapped
 
-from ._common import image_run_segments
-
-
-def frame_grid(config):
-    side = config.vision_config.image_size // config.vision_config.patch_size
-    return side, side
+from ._common import image_run_segments, pack_list, tower_grid
 
 
 def encode(model, encoder_kwargs, run_lengths, adapter_config):
@@ -33,26 +28,11 @@ def encode(model, encoder_kwargs, run_lengths, adapter_config):
     return segments, output
 
 
-def pack(template, features, side_features=()):
-    template.pooler_output = list(features)
-    return template
-
-
-FAMILY = VisualFamily(
-    model_types=("llava_next",),
-    modality="image",
-    token_attr="image_token_id",
-    pixel_keys=("pixel_values",),
-    encoder_name="get_image_features",
-    required=(
-        "model.get_image_features",
-        "model.pack_image_features",
-        "model.vision_tower",
-        "model.multi_modal_projector",
-        "model.language_model",
-        "model.language_model.rotary_emb",
-    ),
-    frame_grid=frame_grid,
+FAMILY = make_family(
+    "llava_next",
+    "image",
+    hooked=("pack_image_features", "vision_tower", "multi_modal_projector"),
+    frame_grid=tower_grid,
     encode=encode,
-    pack=pack,
+    pack=pack_list,
 )

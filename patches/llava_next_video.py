@@ -5,13 +5,13 @@ Only videos are pooled; images (`pixel_values`) take the stock path.
 
 from __future__ import annotations
 
-from longctx_adapter.family import VisualFamily
+from longctx_adapter.family import make_family
 
-from ._common import square_side, video_segments
+from ._common import pack_list, square_side, tower_grid, video_segments
 
 
 def frame_grid(config):
-    side = config.vision_config.image_size // config.vision_config.patch_size // config.spatial_pool_stride
+    side = tower_grid(config)[0] // config.spatial_pool_stride
     return side, side
 
 
@@ -23,25 +23,11 @@ def encode(model, encoder_kwargs, run_lengths, adapter_config):
     return video_segments(per_video, frames), output
 
 
-def pack(template, features, side_features=()):
-    template.pooler_output = list(features)
-    return template
-
-
-FAMILY = VisualFamily(
-    model_types=("llava_next_video",),
-    modality="video",
-    token_attr="video_token_id",
-    pixel_keys=("pixel_values_videos",),
-    encoder_name="get_video_features",
-    required=(
-        "model.get_video_features",
-        "model.vision_tower",
-        "model.vision_resampler",
-        "model.language_model",
-        "model.language_model.rotary_emb",
-    ),
+FAMILY = make_family(
+    "llava_next_video",
+    "video",
+    hooked=("vision_tower", "vision_resampler"),
     frame_grid=frame_grid,
     encode=encode,
-    pack=pack,
+    pack=pack_list,
 )

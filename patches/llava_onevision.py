@@ -12,14 +12,9 @@ import math
 import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from longctx_adapter.family import VisualFamily, swapped
+from longctx_adapter.family import make_family, swapped
 
-from ._common import video_segments
-
-
-def frame_grid(config):
-    side = config.vision_config.image_size // config.vision_config.patch_size
-    return side, side
+from ._common import tower_grid, video_segments
 
 
 def _stock_side(side: int) -> int:
@@ -46,21 +41,11 @@ def pack(template: BaseModelOutputWithPooling, features, side_features=()):
     return template
 
 
-FAMILY = VisualFamily(
-    model_types=("llava_onevision",),
-    modality="video",
-    token_attr="video_token_id",
-    pixel_keys=("pixel_values_videos",),
-    encoder_name="get_video_features",
-    required=(
-        "model.get_video_features",
-        "model.apply_pooling",
-        "model.vision_tower",
-        "model.multi_modal_projector",
-        "model.language_model",
-        "model.language_model.rotary_emb",
-    ),
-    frame_grid=frame_grid,
+FAMILY = make_family(
+    "llava_onevision",
+    "video",
+    hooked=("apply_pooling", "vision_tower", "multi_modal_projector"),
+    frame_grid=tower_grid,
     encode=encode,
     pack=pack,
 )

@@ -19,7 +19,7 @@ import threading
 import torch
 
 from longctx_adapter.errors import AdapterError
-from longctx_adapter.family import Segment, VisualFamily
+from longctx_adapter.family import Segment, make_family
 from longctx_adapter.positions import mrope_positions
 
 _MERGE_ATTR = "spatial_merge_size"
@@ -198,20 +198,11 @@ def release(handle) -> None:
     state.ids = state.positions = state.deltas = None
 
 
-def _family(model_type: str) -> VisualFamily:
-    return VisualFamily(
-        model_types=(model_type,),
-        modality="video",
-        token_attr="video_token_id",
-        pixel_keys=("pixel_values_videos",),
-        encoder_name="get_video_features",
-        required=(
-            "model.get_video_features",
-            "model.get_rope_index",
-            "model.visual",
-            "model.language_model",
-            "model.language_model.rotary_emb",
-        ),
+def _family(model_type: str):
+    return make_family(
+        model_type,
+        "video",
+        hooked=("get_rope_index", "visual"),
         frame_grid=frame_grid,
         encode=encode,
         pack=pack,
