@@ -62,7 +62,7 @@ def _kv_bytes(cache) -> int:
 
 
 def _measure(label: str, config_dict: dict | None, frames: int, new_tokens: int, seed: int) -> dict:
-    """One run in a fresh process: build the model, (maybe) adapt it, time one prefill, then generate."""
+    """One run in a fresh process: build the model, (maybe) adapt it, time the prefill (median), then generate."""
     import torch
 
     from longctx_adapter import apply_adapter
@@ -74,7 +74,8 @@ def _measure(label: str, config_dict: dict | None, frames: int, new_tokens: int,
     warmup = processor_inputs(MODEL_TYPE, frames=min(frames, 8), prompt=PROMPT, seed=seed)
     visual_before = int((inputs["input_ids"] == model.config.video_token_id).sum())
     with torch.inference_mode():
-        model(**warmup, logits_to_keep=1, use_cache=True)  # first-call costs (allocator, kernels) stay out of the timing
+        # first-call costs (allocator, kernels) stay out of the timing
+        model(**warmup, logits_to_keep=1, use_cache=True)
         times = []
         for _ in range(PREFILL_REPEATS):
             start = time.perf_counter()
@@ -96,6 +97,7 @@ def _measure(label: str, config_dict: dict | None, frames: int, new_tokens: int,
         "prefill_s": prefill_s,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux: KiB
         "kv_cache_bytes": kv,
+        "last_stats": stats,
         "prompt_kept": bool(torch.equal(out[:, :prompt_len], inputs["input_ids"])),
         "answer": tiny_tokenizer().decode(out[0, prompt_len:], skip_special_tokens=True),
     }
@@ -183,6 +185,8 @@ def run_demo(frames: int = 256, new_tokens: int = 8, seed: int = 0, config: str 
         f"prefill s = median of {PREFILL_REPEATS} forwards over the whole prompt (vision encoder + pooling + language "
         "model), after a short warm-up;\npeak RSS = the process's high-water mark (model, processor, prefill and generate)."
     )
+    for stat in adapted["last_stats"]:
+        print(f"adapted handle.last_stats: {stat}")
     for r in rows:
         print(
             f"{r['run']} answer (random model, {new_tokens} new tokens): {r['answer']!r}; "
