@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import threading
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -86,16 +88,34 @@ def make_family(model_type: str, modality: str, hooked: tuple[str, ...], **rest)
     return VisualFamily(model_types=(model_type,), required=required, **fields, **rest)
 
 
+_SWAP_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_SWAP_LOCKS_GUARD = threading.Lock()
+
+
+def _swap_lock(obj) -> threading.RLock:
+    with _SWAP_LOCKS_GUARD:
+        lock = _SWAP_LOCKS.get(obj)
+        if lock is None:
+            lock = _SWAP_LOCKS[obj] = threading.RLock()
+        return lock
+
+
 @contextlib.contextmanager
 def swapped(obj, name: str, replacement):
-    """Temporarily shadow a method on one instance (never the class), restoring it in `finally`."""
-    had_own = name in obj.__dict__
-    previous = obj.__dict__.get(name)
-    setattr(obj, name, replacement)
-    try:
-        yield
-    finally:
-        if had_own:
-            setattr(obj, name, previous)
-        else:
-            delattr(obj, name)
+    """Temporarily shadow a method on one instance (never the class), restoring it in `finally`.
+
+    Holds a per-instance lock for the duration: the shadow is visible to every thread, so two threads calling one
+    adapted model would otherwise see each other's replacement, and the later restore would leave the earlier
+    thread's replacement installed for good.
+    """
+    with _swap_lock(obj):
+        had_own = name in obj.__dict__
+        previous = obj.__dict__.get(name)
+        setattr(obj, name, replacement)
+        try:
+            yield
+        finally:
+            if had_own:
+                setattr(obj, name, previous)
+            else:
+                delattr(obj, name)

@@ -79,7 +79,7 @@ def reference_forward(model, model_type, inputs, pooling, frame_counts):
         row = ids[b, live].tolist()
         pieces, mapping, pos, last = [], [], 0, 0
         for start, end in _runs(row, token):
-            text = torch.tensor(row[last:start])
+            text = torch.tensor(row[last:start], dtype=torch.long)
             pieces.append(embed(text))
             mapping += [(live[k], pos + k - last) for k in range(last, start)]
             pos += start - last
@@ -91,7 +91,7 @@ def reference_forward(model, model_type, inputs, pooling, frame_counts):
             pieces.append(feats)
             pos += feats.shape[0]
             last = end
-        pieces.append(embed(torch.tensor(row[last:])))
+        pieces.append(embed(torch.tensor(row[last:], dtype=torch.long)))
         mapping += [(live[k], pos + k - last) for k in range(last, len(row))]
         rows.append(torch.cat(pieces))
         maps.append(mapping)
