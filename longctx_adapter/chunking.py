@@ -40,7 +40,7 @@ import torch
 
 from .errors import AdapterError
 from .family import Segment
-from .pooling import PooledVideo, pool_video
+from .pooling import PooledVideo, is_guided, pool_video
 
 __all__ = ["ChunkedSegment", "chunk_plan", "encode_segments", "pool_segment", "pool_side_grids"]
 
@@ -61,17 +61,20 @@ class ChunkedSegment(Segment):
     side_pooled: tuple = ()
 
 
-def pool_segment(seg: Segment, stages) -> PooledVideo:
-    """The pooled frames of a segment: precomputed for a ChunkedSegment, pooled here otherwise."""
+def pool_segment(seg: Segment, stages, guide=None) -> PooledVideo:
+    """The pooled frames of a segment: precomputed for a ChunkedSegment, pooled here otherwise.
+
+    guide: the question guide of the segment's grid (question-guided stages are never frame-local, so a
+    ChunkedSegment never needs one)."""
     if isinstance(seg, ChunkedSegment):
         return seg.pooled
-    return pool_video(seg.grid, stages)
+    return pool_video(seg.grid, stages, guide)
 
 
-def pool_side_grids(seg: Segment, stages) -> tuple:
+def pool_side_grids(seg: Segment, stages, guide=None) -> tuple:
     if isinstance(seg, ChunkedSegment):
         return seg.side_pooled
-    return tuple(pool_video(g, stages).flatten() for g in seg.side_grids)
+    return tuple(pool_video(g, stages, guide).flatten() for g in seg.side_grids)
 
 
 def chunk_plan(stages, chunk: int) -> tuple[bool, int, str]:
@@ -79,6 +82,8 @@ def chunk_plan(stages, chunk: int) -> tuple[bool, int, str]:
     size, reduction = chunk, 1
     for stage in stages or ():
         kind = stage["type"]
+        if is_guided(stage):
+            return False, reduction, f"{kind} depends on question scores over the whole video"
         if kind == "progressive":
             if size % stage["group"]:
                 return False, reduction, (
@@ -138,13 +143,13 @@ class _Video:
             raise AdapterError("vision_chunk_frames only chunks videos pooled as grids; this input has a stock segment")
         tail_len = 0 if seg.tail is None else seg.tail.shape[0]
         if self.tail is None and seg.tail is not None:
-            self.tail = seg.tail
+            self.tail = seg.tail.clone()  # a view would keep this chunk's whole encoder output alive
             self.stock_tokens += tail_len
         self.stock_tokens += seg.stock_tokens - tail_len
         t, h, w, d = seg.grid.shape
         self.shape = (t, h, w, d) if self.shape is None else (self.shape[0] + t, h, w, d)
         if self.local:
-            self.frames.extend(pool_video(seg.grid, self.stages).frames)
+            self.frames.extend(_own(f, seg.grid) for f in pool_video(seg.grid, self.stages).frames)
             pooled_sides = [pool_video(g, self.stages).flatten() for g in seg.side_grids]
         else:
             self.frames.append(seg.grid)
@@ -172,6 +177,13 @@ class _Video:
         return Segment(stock_tokens=self.stock_tokens, grid=grid, tail=self.tail, runs=runs, side_grids=sides)
 
 
+def _own(frame: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """A pooled frame that is still a view of the unpooled chunk (stride 1) is copied, so the chunk can be freed."""
+    if frame.untyped_storage().data_ptr() == grid.untyped_storage().data_ptr():
+        return frame.clone()
+    return frame
+
+
 def encode_segments(family, model, encoder_kwargs: dict, run_lengths, config):
     """`family.encode`, or the same frame chunk by frame chunk when `config.vision_chunk_frames` is set."""
     chunk = getattr(config, "vision_chunk_frames", None)
@@ -194,13 +206,14 @@ def _encode_frame_axis(family, model, encoder_kwargs, run_lengths, config, chunk
     local, reduction, _ = chunk_plan(config.pooling, chunk)
     videos, template = None, None
     for start, stop in _chunks(pixels.shape[1], chunk, reduction):
+        template = None  # free the previous chunk's encoder output before encoding the next one
         part = pixels[:, start:stop].contiguous()  # a copy of one chunk only when the batch has several videos
         segments, template = family.encode(model, {**encoder_kwargs, key: part}, run_lengths, config)
         if videos is None:
             videos = [_Video(config.pooling, local) for _ in segments]
         for video, seg in zip(videos, segments):
             video.add(seg)
-        del segments
+        seg = segments = None  # the last segment's grid views this chunk's whole encoder output: drop it now
     return [v.segment() for v in videos], _lean_template(template)
 
 
@@ -223,6 +236,7 @@ def _encode_patch_rows(family, model, encoder_kwargs, run_lengths, config, chunk
             rows = pixels[row + start * h * w : row + stop * h * w]
             grid = torch.tensor([[stop - start, h, w]], dtype=grids.dtype, device=grids.device)
             kwargs = {**encoder_kwargs, "pixel_values_videos": rows, "video_grid_thw": grid}
+            template = None  # free the previous chunk's encoder output before encoding the next one
             (seg,), template = family.encode(model, kwargs, run_lengths, config)
             video.add(seg)
             del seg

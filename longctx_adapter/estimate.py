@@ -1,0 +1,364 @@
+"""Analytic memory estimate of one long-video generate() call, stage by stage (DESIGN 3.7).
+
+`estimate_memory(config, frames, adapter_config)` returns the peak tensor bytes of the three stages the profiler
+measures (vision, prefill, first decode step) for batch 1, built from:
+
+- weights: parameter bytes counted exactly (the model is instantiated on the meta device once per config);
+- inputs: pixels in the model dtype (what the profiler feeds; HF processors return float32, which callers usually
+  cast), ids and masks;
+- vision encoder at a chunk of C frames (C = all frames unless `vision_chunk_frames`): the live tensors of the
+  widest step (patch embedding, one encoder layer's attention or MLP, the projector / merger, the model's own
+  pooling, the adapter's pooling), plus what the encoder output keeps alive (the selected hidden state and the
+  post-norm last hidden state on LLaVA; the pre-merger hidden state on Qwen);
+- language model: the KV cache (2 x layers x kv_heads x head_dim x bytes per token), the widest step of one
+  decoder layer at full prompt length (RMSNorm's float32 upcast, q/k RoPE temporaries, sdpa output and its
+  transposed copy, the MLP's act(gate), up and their product = 3 x L x intermediate), the embeddings held by the
+  model forward, RoPE cos/sin;
+- logits for the last position only (generate's `logits_to_keep=1`, plus its float32 copy); `logits="all"` gives
+  the L x vocab x bytes of a plain forward without logits_to_keep, `logits="all_fp32"` that plus a float32 copy
+  (what older LLaVA code did on every prefill: `logits.float()` over the whole prompt).
+
+Assumptions (what the numbers do not cover): batch 1, no padding, so sdpa runs without a materialised mask and
+uses GQA natively (eager attention's L^2 x heads scores are not modelled: never usable at these lengths); memory-
+efficient attention kernels (CPU flash, CUDA flash / mem-efficient) with O(L) workspace; no allocator caching or
+fragmentation (CUDA's reserved memory is typically 5-15 % above allocated); the vision tower's hidden states other
+than the selected layer are not kept (transformers 5.x keeps only the selected ones). Qwen-VL vision estimates
+follow the 5.24 code but were checked less closely than the LLaVA family (see tests/test_profiling.py).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from functools import lru_cache
+
+from .errors import AdapterError
+from .pooling import count_tokens
+
+__all__ = ["estimate_memory", "max_frames", "param_bytes"]
+
+_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+_QWEN = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+
+
+def _dtype_bytes(dtype) -> int:
+    key = str(dtype).replace("torch.", "").lower()
+    key = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}.get(key, key)
+    if key not in _BYTES:
+        raise AdapterError(f"unknown dtype {dtype!r}; use bf16, fp16 or fp32")
+    return _BYTES[key]
+
+
+@lru_cache(maxsize=64)
+def _param_count(config_json: str, model_type: str) -> tuple[int, int]:
+    """(parameters, buffer elements) of the model a config describes, counted on the meta device."""
+    import torch
+    import transformers
+
+    config = transformers.AutoConfig.for_model(model_type, **json.loads(config_json))
+    cls = transformers.AutoModelForImageTextToText._model_mapping[type(config)]
+    with torch.device("meta"):
+        model = cls._from_config(config)
+    params = sum(p.numel() for p in model.parameters())
+    buffers = sum(b.numel() for b in model.buffers())
+    return params, buffers
+
+
+def param_bytes(config, dtype="bfloat16") -> int:
+    """Weight bytes of the model `config` describes (parameters in `dtype`; buffers counted as float32)."""
+    data = config.to_dict()
+    for key in ("transformers_version", "architectures", "_name_or_path", "model_type"):
+        data.pop(key, None)
+    params, buffers = _param_count(json.dumps(data, sort_keys=True, default=str), config.model_type)
+    return params * _dtype_bytes(dtype) + buffers * 4
+
+
+def _text(config):
+    t = config.text_config
+    heads = t.num_attention_heads
+    head_dim = getattr(t, "head_dim", None) or t.hidden_size // heads
+    return {
+        "hidden": t.hidden_size,
+        "inter": t.intermediate_size,
+        "layers": t.num_hidden_layers,
+        "heads": heads,
+        "kv_heads": getattr(t, "num_key_value_heads", None) or heads,
+        "head_dim": head_dim,
+        "vocab": t.vocab_size,
+    }
+
+
+def _stages(adapter_config):
+    if adapter_config is None:
+        return None, None
+    data = adapter_config if isinstance(adapter_config, dict) else adapter_config.to_dict()
+    pooling = data.get("pooling")
+    return (tuple(pooling) if pooling else None), data.get("vision_chunk_frames")
+
+
+def estimate_memory(
+    config,
+    frames: int,
+    adapter_config=None,
+    *,
+    dtype="bfloat16",
+    frame_size=None,
+    text_tokens: int = 34,
+    attn: str = "sdpa",
+    prefill_chunk_size: int | None = None,
+    logits: str = "last",
+    device: str = "cpu",
+    vision_hidden_states: str = "selected",
+) -> dict:
+    """Peak bytes per stage of `generate()` on one video of `frames` frames; see the module docstring.
+
+    config: an HF config (or a model, whose .config is used). adapter_config: None (stock model), an AdapterConfig or
+    its dict. device: "cpu" adds CPU-only kernel scratch (bilinear on NCHW). vision_hidden_states: "selected"
+    (transformers 5.x keeps only the feature layer) or "all" (older code: every vision layer's output is kept
+    during the vision stage). Returns token counts, component bytes and `{vision,prefill,decode}_peak_bytes`, `peak_bytes`.
+    """
+    config = getattr(config, "config", config)
+    if attn == "eager":
+        raise AdapterError("the estimator models sdpa/flash attention; eager attention (L^2 scores) is not modelled")
+    if logits not in ("last", "all", "all_fp32"):
+        raise AdapterError(f"logits must be 'last', 'all' or 'all_fp32', got {logits!r}")
+    b = _dtype_bytes(dtype)
+    stages, chunk = _stages(adapter_config)
+    kind = config.model_type
+    cpu = str(device).split(":")[0] == "cpu"
+    if kind == "llava_onevision":
+        vis = _llava_vision(config, frames, stages, chunk, b, onevision=True, cpu=cpu, hidden=vision_hidden_states)
+    elif kind == "llava_next_video":
+        vis = _llava_vision(config, frames, stages, chunk, b, onevision=False, cpu=cpu, hidden=vision_hidden_states)
+    elif kind in _QWEN:
+        vis = _qwen_vision(config, frames, stages, chunk, b, frame_size)
+    else:
+        raise AdapterError(f"no memory model for model_type {kind!r}")
+
+    t = _text(config)
+    h, inter, kvh, hd = t["hidden"], t["inter"], t["kv_heads"], t["head_dim"]
+    seq = text_tokens + vis["extra_text"] + vis["tokens_after"]
+    weights = param_bytes(config, dtype)
+    ids = 3 * seq * 8 * 2  # input_ids, attention_mask (+ token types), caller's and rewritten
+    kv_token = 2 * t["layers"] * kvh * hd * b
+    kv = kv_token * seq
+    kv_layer = 2 * kvh * hd * b * seq
+
+    # ---- prefill: what stays alive from the vision stage, then the widest step of the last decoder layer
+    q_len = min(seq, prefill_chunk_size) if prefill_chunk_size else seq
+    held = weights + vis["pixels"] + ids + vis["kept"] + vis["features"]
+    embeds = seq * h * b  # inputs_embeds, alive through the whole decoder stack
+    rope = 2 * q_len * hd * b + q_len * hd * 4 * 2  # cos/sin in dtype + their float32 source
+    rms = 8 * q_len * h  # RMSNorm upcast: float32 copy and its square
+    attention = q_len * h * b * 5 + 2 * q_len * kvh * hd * b * 3 + kv_layer * (1 if not prefill_chunk_size else 2)
+    if prefill_chunk_size and q_len < seq:
+        attention += 2 * seq * t["heads"] * hd * b + q_len * seq  # repeat_kv copies (mask present) + bool mask
+    mlp = 2 * q_len * h * b + 3 * q_len * inter * b
+    layer_peak = q_len * h * b + max(rms, attention, mlp)
+    logits_bytes = {"last": t["vocab"] * (b + 4), "all": seq * t["vocab"] * b, "all_fp32": seq * t["vocab"] * (b + 4)}[
+        logits
+    ]
+    prefill = held + embeds + rope + kv + max(layer_peak, logits_bytes + q_len * h * b)
+
+    # ---- first decode step: the cache grows by one token (the cat copies one layer at a time)
+    decode = held + kv + kv_token + kv_layer + t["vocab"] * (b + 4) * 2 + 64 * h * b
+
+    vision = weights + vis["pixels"] + ids + max(vis["peak"], vis["kept"] + vis["features"] + 2 * seq * h * b)
+    return {
+        "frames": frames,
+        "visual_tokens_before": vis["tokens_before"],
+        "visual_tokens_after": vis["tokens_after"],
+        "seq_len": seq,
+        "weights_bytes": weights,
+        "pixels_bytes": vis["pixels"],
+        "vision_activation_bytes": vis["peak"],
+        "vision_kept_bytes": vis["kept"],
+        "features_bytes": vis["features"],
+        "kv_bytes": kv,
+        "kv_bytes_per_token": kv_token,
+        "layer_activation_bytes": layer_peak,
+        "logits_bytes": logits_bytes,
+        "vision_peak_bytes": vision,
+        "prefill_peak_bytes": prefill,
+        "decode_peak_bytes": decode,
+        "peak_bytes": max(vision, prefill, decode),
+        "chunk_frames": vis["chunk"],
+    }
+
+
+# ------------------------------------------------------------------------------------------------ LLaVA family
+
+
+def _llava_vision(config, frames, stages, chunk, b, onevision: bool, cpu: bool = True, hidden="selected") -> dict:
+    """SigLIP/CLIP tower + 2-layer projector; OneVision pools after the projector, NeXT-Video before it."""
+    v = config.vision_config
+    h = config.text_config.hidden_size
+    side = v.image_size // v.patch_size
+    cls = 0 if onevision else 1  # CLIP prepends a CLS token
+    n = side * side + cls
+    d, i = v.hidden_size, v.intermediate_size
+    c = min(frames, chunk or frames)
+    if stages:
+        from .chunking import chunk_plan
+
+        local = c >= frames or chunk_plan(stages, c)[0]
+    else:
+        local = True
+    if onevision:
+        stock_side = math.ceil(side / 2)
+        grid = side  # the adapter pools the 27x27 grid
+        tokens_before = frames * stock_side**2 + 1
+        tokens_after = count_tokens(frames, grid, grid, stages) + 1 if stages else tokens_before
+    else:
+        grid = side // config.spatial_pool_stride
+        tokens_before = frames * grid * grid
+        tokens_after = count_tokens(frames, grid, grid, stages) if stages else tokens_before
+    pixels = frames * 3 * v.image_size**2 * b
+
+    N = c * n  # encoder tokens of one chunk
+    # encoder: patch embedding (conv output + position add), attention (input, norm, q, k, v, sdpa out, its
+    # transposed copy), MLP (residual, norm, fc1, activation); CLIP selects layer -2, kept during the last layer
+    selected_extra = N * d * b if getattr(config, "vision_feature_layer", -1) != -1 else 0
+    # (the layer's input stays referenced by the encoder loop, so the MLP step holds input, residual, norm, fc1, act)
+    encoder = max(2 * N * d, 7 * N * d, 3 * N * d + 2 * N * i) * b + selected_extra
+    kept_hidden = 2 * N * d * b  # the selected hidden state + last_hidden_state, held by the encoder output
+    if hidden == "all":  # every layer's output (and the embeddings) kept until the features are projected
+        encoder += v.num_hidden_layers * N * d * b
+        kept_hidden = (v.num_hidden_layers + 2) * N * d * b
+    P = tokens_after
+    if onevision:
+        proj = kept_hidden + 2 * N * h * b  # linear_1 out + activation (then activation + linear_2 out)
+        if stages is None:  # stock: bilinear 2x on a contiguous NCHW copy, then cat with the newline
+            pooled = frames * stock_side**2 * h * b
+            # CPU's bilinear kernel on NCHW input with many channels works on a channels-last copy plus an output-
+            # sized buffer (measured: transient = input + output); CUDA's kernel reads NCHW in place
+            scratch = N * h * b + pooled if cpu else 0
+            post = kept_hidden + 2 * N * h * b + pooled + scratch
+            post = max(post, kept_hidden + 2 * pooled)
+        else:  # adapter: identity pooling, cat with the newline, then the adapter's pooling and two cats
+            biggest_group = _largest_stride_group(stages, c, side) * side * side * h * b
+            post = kept_hidden + 2 * N * h * b
+            post = max(post, kept_hidden + N * h * b + biggest_group + 2 * P * h * b)
+        chunk_peak = max(encoder, proj, post)
+    else:
+        # NeXT-Video: features (drop CLS: a view), 2x average pool (c x 144 x d), projector on pooled tokens
+        Np = c * grid * grid
+        pooled_in = Np * d * b
+        proj = kept_hidden + pooled_in + 2 * Np * h * b
+        chunk_peak = max(encoder, proj, kept_hidden + Np * h * b + (P * h * b * 3 if stages else 0))
+
+    full = frames * n
+    if chunk and stages:
+        # chunked: one chunk's activations + all pooled tokens so far (or unpooled grids when not frame-local);
+        # the encoder output is not kept (lean template), also when one chunk holds the whole video
+        acc = P * h * b if local else (frames * (side * side if onevision else grid * grid) * h * b)
+        peak = chunk_peak + acc
+        kept = 0
+    else:
+        peak = chunk_peak
+        kept = 2 * full * d * b  # stock / unchunked adapter keep the encoder output through prefill and decode
+    features = (tokens_before if stages is None else P) * h * b
+    return {
+        "tokens_before": tokens_before,
+        "tokens_after": tokens_after,
+        "extra_text": 0,
+        "pixels": pixels,
+        "peak": peak,
+        "kept": kept,
+        "features": features,
+        "chunk": c,
+    }
+
+
+def _largest_stride_group(stages, frames, side) -> int:
+    """Frames gathered (index_select copy) for the largest same-stride group of the progressive stage (0 if none)."""
+    from .pooling import _frame_strides
+
+    for stage in stages:
+        if stage["type"] == "progressive":
+            schedule = _frame_strides(frames, side, side, stage["group"], stage["strides"])
+            counts = {}
+            for s in schedule:
+                counts[s] = counts.get(s, 0) + (0 if s == 1 else 1)
+            return max(counts.values())
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ Qwen-VL family
+
+
+def _qwen_vision(config, frames, stages, chunk, b, frame_size) -> dict:
+    from .real_configs import preset_for_type, stock_visual_tokens
+
+    v = config.vision_config
+    kind = config.model_type
+    if frame_size is None:
+        frame_size = preset_for_type(kind).frame_size
+    height, width = frame_size
+    p, merge, tp = v.patch_size, v.spatial_merge_size, v.temporal_patch_size
+    hp, wp = height // p, width // p
+    t = frames // tp
+    tokens_before = stock_visual_tokens(config, frames, frame_size)
+    tokens_after = count_tokens(t, hp // merge, wp // merge, stages) if stages else tokens_before
+    out_h = getattr(v, "out_hidden_size", None) or v.hidden_size
+    d = getattr(v, "embed_dim", None) or v.hidden_size
+    heads = v.num_heads
+    if kind == "qwen2_vl":
+        mlp = 2 * d * v.mlp_ratio  # fc1 + activation
+    elif kind == "qwen2_5_vl":
+        mlp = 3 * v.intermediate_size  # act(gate), up, product
+    else:
+        mlp = 2 * v.intermediate_size
+    deepstack = len(getattr(v, "deepstack_visual_indexes", None) or [])
+    c = min(frames, chunk or frames)
+    ct = max(1, c // tp)
+    N = ct * hp * wp  # patches of one chunk
+    pixels = t * hp * wp * 3 * tp * p * p * b
+    rope = 2 * N * (d // heads) * 4
+    attention = (2 * N * d + 3 * N * d + 2 * N * d) * b + 4 * N * d * 4  # in, norm, qkv, out(+copy), fp32 rope q/k
+    block = max(attention, (2 * N * d + N * mlp) * b)
+    pos = N * d * b if kind == "qwen3_vl" else 0
+    merged = N // (merge * merge) * out_h * b
+    encoder = rope + pos + block + deepstack * merged
+    merger = rope + N * d * b * 3 + merged + deepstack * merged
+    P = tokens_after
+    # adapter pooling: the encoder output (pre-merger hidden + merged features) plus pooled copies
+    pool = (N * d * b + merged * (1 + deepstack) + 3 * P * out_h * b * (1 + deepstack)) if stages else 0
+    chunk_peak = max(encoder, merger, pool)
+    full_n = t * hp * wp
+    if chunk and stages:  # chunked: one chunk's activations + pooled tokens so far; lean template
+        peak = chunk_peak + P * out_h * b * (1 + deepstack)
+        kept = 0
+    else:  # the encoder output (last_hidden_state, and the stock DeepStack features) stays referenced
+        peak = chunk_peak
+        kept = full_n * d * b + (0 if stages else full_n // (merge * merge) * out_h * b * deepstack)
+    extra_text = 5 * t if kind == "qwen3_vl" else 2  # vision start/end (+ 3 timestamp tokens) per block
+    features = (tokens_before if stages is None else P) * out_h * b * (1 + deepstack)
+    return {
+        "tokens_before": tokens_before,
+        "tokens_after": tokens_after,
+        "extra_text": extra_text,
+        "pixels": pixels,
+        "peak": peak,
+        "kept": kept,
+        "features": features,
+        "chunk": c,
+    }
+
+
+def max_frames(config, budget_bytes: float, adapter_config=None, *, step: int = 4, limit: int = 1 << 14, **kwargs):
+    """The largest frame count (a multiple of `step`) whose estimated peak fits `budget_bytes`; 0 if none fits."""
+    def fits(n):
+        return estimate_memory(config, n, adapter_config, **kwargs)["peak_bytes"] <= budget_bytes
+
+    if not fits(step):
+        return 0
+    lo, hi = 1, 2
+    while hi * step <= limit and fits(hi * step):
+        lo, hi = hi, hi * 2
+    if hi * step > limit:
+        return lo * step
+    while hi - lo > 1:  # peak grows with frames: bisect between lo (fits) and hi (does not)
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid * step) else (lo, mid)
+    return lo * step
