@@ -15,7 +15,7 @@ conv3d average pooling, so it is the LMM's own encode + pool + decoder prefill; 
 question; "scorer" = time inside the scorer step of that call (text embedding, uncached, + scorer vision pass or
 reuse of the tower's hidden states + score-map mapping), timed in place. Overhead = scorer / prefill. Two scorers:
 "own pass" (a separate CLIP, so a second vision pass runs) and "reuse" (the scorer's vision weights are the LMM's
-tower, so only post-layernorm + projection of the captured hidden states runs). Median of `--rounds` after a warm-up.
+tower, so only post-layernorm + projection of the captured hidden states runs). Median of `--rounds` (default 2) after a warm-up; rows print as they finish.
 """
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ def tiny_rows(frames: int, rounds: int) -> list[dict]:
     return rows
 
 
-def real_rows(frames: int, rounds: int, decoder_layers: list[int]) -> list[dict]:
+def real_rows(frames: int, rounds: int, decoder_layers: list[int], emit=None) -> list[dict]:
     from longctx_adapter.real_configs import real_model, video_inputs
 
     rows = []
@@ -144,6 +144,8 @@ def real_rows(frames: int, rounds: int, decoder_layers: list[int]) -> list[dict]
             row = _measure(model, inputs, pooling, scorer, rounds)
             case = f"7B LLaVA-NeXT-Video ({layers} decoder layer{'s' * (layers > 1)}, 1 CLIP-L layer) ({name})"
             rows.append({"case": case, **row})
+            if emit is not None:
+                emit(rows[-1])
         del model
     return rows
 
@@ -151,23 +153,30 @@ def real_rows(frames: int, rounds: int, decoder_layers: list[int]) -> list[dict]
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--decoder-layers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--skip-real", action="store_true")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
-    rows = tiny_rows(args.frames, args.rounds)
-    if not args.skip_real:
-        rows += real_rows(args.frames, args.rounds, args.decoder_layers)
     print(f"Scorer overhead at {args.frames} frames, CPU ({torch.get_num_threads()} threads), float32, median of "
           f"{args.rounds}\n")  # fmt: skip
     print("| case | visual tokens | prefill (no question) s | guided s | scorer step s | scorer / prefill |")
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|", flush=True)
+    rows = tiny_rows(args.frames, args.rounds)
+    if not args.skip_real:
+        rows += real_rows(args.frames, args.rounds, args.decoder_layers, emit=_emit)
     for r in rows:
-        print(
-            f"| {r['case']}{'' if r['reuse'] == ('reuse' in r['case']) else ' (!)'} | {r['tokens']} | "
-            f"{r['prefill']:.3f} | {r['guided']:.3f} | {r['scorer']:.3f} | {100 * r['scorer'] / r['prefill']:.1f} % |"
-        )
+        if not r.get("printed"):
+            _emit(r)
+
+
+def _emit(r: dict) -> None:
+    r["printed"] = True
+    print(
+        f"| {r['case']}{'' if r['reuse'] == ('reuse' in r['case']) else ' (!)'} | {r['tokens']} | "
+        f"{r['prefill']:.3f} | {r['guided']:.3f} | {r['scorer']:.3f} | {100 * r['scorer'] / r['prefill']:.1f} % |",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ Features keep their dtype and device.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from numbers import Integral
 
 import torch
@@ -23,8 +23,10 @@ from longctx_adapter.errors import AdapterError
 
 __all__ = [
     "PROGRESSIVE_MODES",
+    "GUIDED_STAGE_TYPES",
     "STAGE_TYPES",
     "PooledVideo",
+    "is_guided",
     "adaptive_pool3d",
     "conv3d_pool",
     "count_tokens",
@@ -37,13 +39,19 @@ __all__ = [
     "temporal_pool",
 ]
 
-STAGE_TYPES = ("progressive", "temporal", "adaptive3d", "conv3d")
+STAGE_TYPES = ("progressive", "temporal", "adaptive3d", "conv3d", "prompt_guided", "select_frames")
 PROGRESSIVE_MODES = ("bilinear", "avg", "max")
+#: stage types whose result depends on the question (see longctx_adapter/weighted.py); progressive joins them
+#: when its "anchor" is "score"
+GUIDED_STAGE_TYPES = ("prompt_guided", "select_frames")
+FRAME_SCORES = ("mean", "max", "global")
 _STAGE_KEYS = {
-    "progressive": ("type", "group", "strides", "mode"),
+    "progressive": ("type", "group", "strides", "mode", "anchor", "score", "scorer"),
     "temporal": ("type", "kernel", "stride"),
     "adaptive3d": ("type", "output"),
     "conv3d": ("type", "kernel", "stride", "output"),
+    "prompt_guided": ("type", "kernel", "stride", "output", "temperature", "scorer"),
+    "select_frames": ("type", "segments", "per_segment", "score", "positions", "scorer"),
 }
 _AXES = ("time", "height", "width")
 _PPLLAVA_WINDOW = [2, 3, 3]
@@ -54,6 +62,8 @@ class PooledVideo:
     """Pooled frames kept apart, because progressive pooling gives frames of different sizes."""
 
     frames: tuple[torch.Tensor, ...]
+    #: question-guided stages only: what they decided (weighted.GuidedInfo: the guide, kept frames, anchors)
+    guided: object = field(default=None, compare=False, repr=False)
 
     @property
     def sizes(self) -> tuple[tuple[int, int], ...]:
@@ -114,7 +124,35 @@ def _normalize_progressive(stage: Mapping) -> dict:
     mode = stage.get("mode", "bilinear")
     if mode not in PROGRESSIVE_MODES:
         raise AdapterError(f"progressive 'mode' {mode!r} is not supported; use one of {PROGRESSIVE_MODES}")
-    return {"type": "progressive", "group": group, "strides": strides, "mode": mode}
+    out = {"type": "progressive", "group": group, "strides": strides, "mode": mode}
+    anchor = stage.get("anchor", "first")
+    if anchor not in ("first", "score"):
+        raise AdapterError(f"progressive 'anchor' {anchor!r} is not supported; use 'first' or 'score'")
+    if anchor == "first":  # the stock form: no extra keys, so configs written before anchors stay equal
+        given = sorted(k for k in ("score", "scorer") if stage.get(k) is not None)
+        if given:
+            raise AdapterError(f"progressive key(s) {given} only apply with 'anchor': 'score'; add it or drop them")
+        return out
+    out.update(anchor="score", score=_frame_score(stage, "progressive"), scorer=_scorer_name(stage, "progressive"))
+    return out
+
+
+def _frame_score(stage: Mapping, kind: str) -> str:
+    score = stage.get("score", "mean")
+    if score not in FRAME_SCORES:
+        raise AdapterError(f"{kind} 'score' {score!r} is not supported; use one of {FRAME_SCORES}")
+    return score
+
+
+def _scorer_name(stage: Mapping, kind: str):
+    """None (the scorer given to apply_adapter) or a string: a name given to register_scorer, or a local path."""
+    scorer = stage.get("scorer")
+    if scorer is not None and (not isinstance(scorer, str) or not scorer):
+        raise AdapterError(
+            f"{kind} 'scorer' must be a string (a registered scorer name or a local CLIP/SigLIP checkpoint path) or "
+            f"null, got {scorer!r}; pass a loaded scorer model as apply_adapter(model, config, scorer=...) instead"
+        )
+    return scorer
 
 
 def _check_kernel_covers_stride(kernel: int, stride: int, what: str) -> None:
@@ -165,11 +203,47 @@ def _normalize_conv3d(stage: Mapping) -> dict:
     return {"type": "conv3d", "kernel": list(kernel), "stride": list(stride)}
 
 
+def _normalize_prompt_guided(stage: Mapping) -> dict:
+    """conv3d's window rules (kernel/stride, or output with the solver) plus the softmax temperature."""
+    out = _normalize_conv3d({k: stage.get(k) for k in ("kernel", "stride", "output")})
+    temperature = stage.get("temperature", 0.01)
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+        raise AdapterError(f"prompt_guided 'temperature' must be a number > 0, got {temperature!r}; PPLLaVA uses 0.01")
+    out.update(type="prompt_guided", temperature=float(temperature), scorer=_scorer_name(stage, "prompt_guided"))
+    return out
+
+
+def _normalize_select_frames(stage: Mapping) -> dict:
+    if stage.get("segments") is None:
+        raise AdapterError(
+            "select_frames needs 'segments' (how many equal parts the video is split into), e.g. "
+            "{'type': 'select_frames', 'segments': 4, 'per_segment': 1}"
+        )
+    positions = stage.get("positions", "original")
+    if positions not in ("original", "repacked"):
+        raise AdapterError(f"select_frames 'positions' {positions!r} is not supported; use 'original' or 'repacked'")
+    return {
+        "type": "select_frames",
+        "segments": _positive_int(stage["segments"], "select_frames 'segments'"),
+        "per_segment": _positive_int(stage.get("per_segment", 1), "select_frames 'per_segment'"),
+        "score": _frame_score(stage, "select_frames"),
+        "positions": positions,
+        "scorer": _scorer_name(stage, "select_frames"),
+    }
+
+
+def is_guided(stage: Mapping) -> bool:
+    """True for stages whose result depends on the question (they need a scorer)."""
+    return stage["type"] in GUIDED_STAGE_TYPES or stage.get("anchor") == "score"
+
+
 _NORMALIZERS = {
     "progressive": _normalize_progressive,
     "temporal": _normalize_temporal,
     "adaptive3d": _normalize_adaptive3d,
     "conv3d": _normalize_conv3d,
+    "prompt_guided": _normalize_prompt_guided,
+    "select_frames": _normalize_select_frames,
 }
 
 
@@ -202,6 +276,12 @@ def normalize_pooling(pooling) -> tuple[dict, ...]:
                 f"progressive pooling is stage {position + 1} of {len(stages)}, but it makes frames of different "
                 f"sizes that no later stage can pool; move the progressive stage to the end of the list"
             )
+    scorers = sorted({s["scorer"] for s in stages if is_guided(s) and s.get("scorer") is not None})
+    if len(scorers) > 1:
+        raise AdapterError(
+            f"question-guided stages name different scorers {scorers}; one config uses one scorer, so give the "
+            "same 'scorer' to every stage (or leave it out and pass scorer= to apply_adapter)"
+        )
     return stages
 
 
@@ -312,8 +392,30 @@ def _check_adaptive(output: Sequence[int], T: int, H: int, W: int) -> None:
             )
 
 
-def _frame_strides(T: int, H: int, W: int, group: int, strides: Sequence[int]) -> list[int]:
-    """Position p in its group uses strides[min(p, last)]: [2, 8] = one sharp frame per group, the rest coarse."""
+def _check_select(stage: Mapping, T: int, H: int, W: int) -> None:
+    segments, per_segment = stage["segments"], stage["per_segment"]
+    if segments > T:
+        raise AdapterError(
+            f"select_frames 'segments' {segments} is larger than the {T} frames of the {_grid_name(T, H, W)}; use "
+            f"segments <= {T} (or sample more frames)"
+        )
+    shortest = T // segments
+    if per_segment > shortest:
+        raise AdapterError(
+            f"select_frames 'per_segment' {per_segment} is larger than a segment: {T} frames in {segments} segments "
+            f"gives segments of only {shortest} frame(s) (video grid {_grid_name(T, H, W)}); use per_segment <= "
+            f"{shortest}, fewer segments, or more frames"
+        )
+
+
+def _frame_strides(
+    T: int, H: int, W: int, group: int, strides: Sequence[int], anchors: Sequence[int] | None = None
+) -> list[int]:
+    """Position p in its group uses strides[min(p, last)]: [2, 8] = one sharp frame per group, the rest coarse.
+
+    anchors (keyframe mode): the frame index of each group's anchor, which takes strides[0]; the group's other
+    frames take strides[1], strides[2], ... in temporal order (the last stride repeating).
+    """
     for s in strides:
         if s > H or s > W:
             raise AdapterError(
@@ -321,7 +423,21 @@ def _frame_strides(T: int, H: int, W: int, group: int, strides: Sequence[int]) -
                 f"{_grid_name(T, H, W)}); use strides <= {min(H, W)}"
             )
     last = len(strides) - 1
-    return [strides[min(t % group, last)] for t in range(T)]
+    if anchors is None:
+        return [strides[min(t % group, last)] for t in range(T)]
+    schedule = []
+    for number, start in enumerate(range(0, T, group)):
+        members = range(start, min(start + group, T))
+        if anchors[number] not in members:
+            raise AdapterError(f"anchor frame {anchors[number]} is not in group {number} (frames {list(members)})")
+        rank = 1
+        for t in members:
+            if t == anchors[number]:
+                schedule.append(strides[0])
+            else:
+                schedule.append(strides[min(rank, last)])
+                rank += 1
+    return schedule
 
 
 def _pooled_side(size: int, stride: int) -> int:
@@ -336,7 +452,10 @@ def _uniform_shape(stage: Mapping, T: int, H: int, W: int) -> tuple[int, int, in
     if kind == "adaptive3d":
         _check_adaptive(stage["output"], T, H, W)
         return tuple(stage["output"])
-    kernel, stride = _conv3d_window(stage, T, H, W)
+    if kind == "select_frames":
+        _check_select(stage, T, H, W)
+        return stage["segments"] * stage["per_segment"], H, W
+    kernel, stride = _conv3d_window(stage, T, H, W)  # conv3d and prompt_guided share the window rules
     return tuple(_window_count(n, k, s) for n, k, s in zip((T, H, W), kernel, stride))
 
 
@@ -420,11 +539,16 @@ def _pool_frames(frames: torch.Tensor, stride: int, mode: str) -> torch.Tensor:
     return pooled.permute(0, 2, 3, 1).contiguous()
 
 
-def progressive_pool(grid: torch.Tensor, group: int = 4, strides=(2, 8), mode: str = "bilinear") -> PooledVideo:
-    """VCWE's progressive pooling: frames sharing a stride are gathered and pooled in one batched call."""
+def progressive_pool(
+    grid: torch.Tensor, group: int = 4, strides=(2, 8), mode: str = "bilinear", anchors=None
+) -> PooledVideo:
+    """VCWE's progressive pooling: frames sharing a stride are gathered and pooled in one batched call.
+
+    anchors: None (each group's first frame is the sharp one) or one frame index per group (keyframe mode).
+    """
     T, H, W = _check_grid(grid)
     stage = _normalize_progressive({"group": group, "strides": strides, "mode": mode})
-    schedule = _frame_strides(T, H, W, stage["group"], stage["strides"])
+    schedule = _frame_strides(T, H, W, stage["group"], stage["strides"], anchors)
     frames: list[torch.Tensor | None] = [None] * T
     for stride in sorted(set(schedule)):
         picked = [t for t, s in enumerate(schedule) if s == stride]
@@ -449,10 +573,20 @@ def _apply_uniform(grid: torch.Tensor, stage: Mapping) -> torch.Tensor:
     return conv3d_pool(grid, kernel, stride)
 
 
-def pool_video(grid: torch.Tensor, stages) -> PooledVideo:
-    """Apply the stages in order; no stages gives every frame unchanged."""
+def pool_video(grid: torch.Tensor, stages, guide=None, *, coordinates: bool = False) -> PooledVideo:
+    """Apply the stages in order; no stages gives every frame unchanged.
+
+    guide: a `weighted.Guide` (question relevance of every token of `grid`) for question-guided stages; without
+    one they fall back to their uniform form. coordinates: `grid` holds (t, row, column) coordinates
+    (positions.pooled_coordinates), so select_frames with positions "repacked" renumbers t.
+    """
     _check_grid(grid)
-    for stage in normalize_pooling(stages):
+    stages = normalize_pooling(stages)
+    if guide is not None or any(is_guided(stage) for stage in stages):
+        from .weighted import guided_pool_video  # weighted builds on this module
+
+        return guided_pool_video(grid, stages, guide, coordinates=coordinates)
+    for stage in stages:
         if stage["type"] == "progressive":
             return progressive_pool(grid, stage["group"], stage["strides"], stage["mode"])
         grid = _apply_uniform(grid, stage)

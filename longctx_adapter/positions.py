@@ -20,11 +20,12 @@ def _coordinate_stages(stages) -> list[dict]:
     ]
 
 
-def pooled_coordinates(t_values: torch.Tensor, height: int, width: int, stages) -> PooledVideo:
+def pooled_coordinates(t_values: torch.Tensor, height: int, width: int, stages, guide=None) -> PooledVideo:
     """(h, w, 3) float64 frames of (t, row, column) coordinates after pooling.
 
     t_values: the temporal coordinate of each input frame (e.g. Qwen2.5-VL's `second_per_grid_ts`-scaled ids);
-    rows and columns are 0..H-1, 0..W-1.
+    rows and columns are 0..H-1, 0..W-1. guide: the `weighted.Guide` the features were pooled with (question-guided
+    stages), so frame selection, keyframes and prompt-guided weights make the same decisions on the coordinates.
     """
     t_values = torch.as_tensor(t_values, dtype=torch.float64)
     t, h, w = torch.meshgrid(
@@ -33,9 +34,9 @@ def pooled_coordinates(t_values: torch.Tensor, height: int, width: int, stages) 
         torch.arange(width, dtype=torch.float64),
         indexing="ij",
     )
-    return pool_video(torch.stack([t, h, w], dim=-1), _coordinate_stages(stages))
+    return pool_video(torch.stack([t, h, w], dim=-1), _coordinate_stages(stages), guide, coordinates=True)
 
 
-def mrope_positions(start: float, t_values: torch.Tensor, height: int, width: int, stages) -> torch.Tensor:
+def mrope_positions(start: float, t_values: torch.Tensor, height: int, width: int, stages, guide=None) -> torch.Tensor:
     """(3, N) M-RoPE (t, h, w) ids of a pooled video whose stock ids are `start + (t_values[f], i, j)`."""
-    return pooled_coordinates(t_values, height, width, stages).flatten().T + start
+    return pooled_coordinates(t_values, height, width, stages, guide).flatten().T + start
