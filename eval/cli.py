@@ -1,0 +1,217 @@
+"""The evaluation subcommands of ``longctx-adapter``: ``run``, ``niah`` and ``ablate`` (parsers and handlers)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from longctx_adapter.errors import AdapterError
+
+__all__ = ["add_ablate_parser", "add_niah_parser", "add_run_parser"]
+
+_CONFIG_HELP = (
+    "adapter config: 'preset' (the family preset, default), 'none' (stock model), a JSON AdapterConfig dict or "
+    "pooling stage, or shorthands joined with '+': progressive:S_H,S_L,K | temporal:K,S | adaptive3d:T,H,W | "
+    "conv3d:kt,kh,kw and yarn-all | yarn-visual | linear-all | ntk-visual | pi-all ... (optionally @WINDOW)"
+)
+
+
+def _model_options(parser) -> None:
+    parser.add_argument("--model", required=True, metavar="PATH", help="local checkpoint folder (config, weights, "
+                        "processor files), e.g. one written by save_pretrained")
+    parser.add_argument("--dtype", default="auto", help="auto (checkpoint dtype on GPU, float32 on CPU), float32, "
+                        "bfloat16, float16")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (under accelerate launch: each "
+                        "process's own device)")
+    parser.add_argument("--processor", choices=("auto", "hf", "fallback"), default="auto",
+                        help="auto: the checkpoint's AutoProcessor, or the torch-only LLaVA-family processor when it "
+                        "cannot load (no torchvision); hf / fallback force one")
+    parser.add_argument("--visual-window", type=int, default=None, metavar="N",
+                        help="visual training window in tokens for the RoPE shorthands (default: the family preset)")
+    parser.add_argument("--backend", choices=("pyav", "decord", "torchcodec"), default="pyav",
+                        help="video decoder (decord / torchcodec must be installed)")
+
+
+# ----------------------------------------------------------------------------------------------- run
+
+
+def add_run_parser(sub) -> argparse.ArgumentParser:
+    run = sub.add_parser(
+        "run",
+        help="answer a question about a video with a local checkpoint, streaming the answer",
+        description="Load a local checkpoint and its processor, sample frames from the video, apply the adapter, "
+        "stream the answer, then print what the adapter did (frames, visual tokens before/after, RoPE factor, peak "
+        "memory).",
+    )
+    _model_options(run)
+    run.add_argument("--video", required=True, metavar="FILE", help="video file (anything PyAV/FFmpeg reads)")
+    run.add_argument("--question", required=True, help="the question")
+    sampling = run.add_mutually_exclusive_group()
+    sampling.add_argument("--frames", type=int, default=32, help="frames sampled uniformly (default 32)")
+    sampling.add_argument("--fps", type=float, default=None, help="sample at this rate instead (see --max-frames)")
+    run.add_argument("--max-frames", type=int, default=None, help="cap on frames with --fps")
+    run.add_argument("--config", default="preset", help=_CONFIG_HELP)
+    run.add_argument("--max-new-tokens", type=int, default=128)
+    run.set_defaults(func=_run)
+    return run
+
+
+def _run(args) -> int:
+    from .runner import run_question
+
+    run_question(
+        args.model, args.video, args.question, frames=args.frames, fps=args.fps, max_frames=args.max_frames,
+        config=args.config, visual_window=args.visual_window, max_new_tokens=args.max_new_tokens, dtype=args.dtype,
+        device=args.device, processor=args.processor, backend=args.backend,
+    )
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------- niah
+
+
+def add_niah_parser(sub) -> argparse.ArgumentParser:
+    niah = sub.add_parser(
+        "niah",
+        help="offline V-NIAH: generate a needle-in-a-video-haystack dataset, export videos, plot heatmaps",
+        description="Offline V-NIAH. 'generate' writes a synthetic dataset (haystack + needle specs + annotations "
+        "JSONL); evaluate it with 'longctx-adapter ablate --dataset DIR' (heatmaps come with the summary); 'export' "
+        "writes one video per item and frame count; 'plot' draws the depth x frames heatmap from results.jsonl.",
+    )
+    actions = niah.add_subparsers(dest="niah_command", required=True)
+    gen = actions.add_parser("generate", help="write a V-NIAH dataset")
+    gen.add_argument("--out", required=True, metavar="DIR")
+    gen.add_argument("--items", type=int, default=None, help="items (default: one per depth)")
+    gen.add_argument("--depths", default="0,0.25,0.5,0.75,1", help="needle depths in [0, 1] (default 0,0.25,...,1)")
+    gen.add_argument("--haystack-frames", type=int, default=64, help="frames of the haystack video (default 64)")
+    gen.add_argument("--size", type=int, default=64, help="frame side in pixels (default 64)")
+    gen.add_argument("--options", type=int, default=4, help="options per question (default 4)")
+    gen.add_argument("--distractors", type=int, default=0, help="distractor needles per item (default 0)")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--format", choices=("npy", "mp4"), default="npy", help="haystack storage (default npy)")
+    gen.set_defaults(func=_niah_generate)
+    exp = actions.add_parser("export", help="write every item at every frame count as a video + annotations")
+    exp.add_argument("--dataset", required=True, metavar="DIR")
+    exp.add_argument("--frames", required=True, help="frame counts, e.g. 8,16,32")
+    exp.add_argument("--out", default=None, metavar="DIR", help="default DIR/videos")
+    exp.add_argument("--format", choices=("npy", "mp4"), default="mp4")
+    exp.set_defaults(func=_niah_export)
+    plot = actions.add_parser("plot", help="depth x frames heatmap from ablate results")
+    plot.add_argument("--results", required=True, metavar="JSONL", help="results.jsonl of an ablate run")
+    plot.add_argument("--out", required=True, metavar="PNG")
+    plot.add_argument("--config", default=None, help="config label to plot (default: the first)")
+    plot.add_argument("--value", choices=("correct", "gen_correct"), default="correct")
+    plot.set_defaults(func=_niah_plot)
+    return niah
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise AdapterError(f"expected numbers separated by ',', got {text!r}") from None
+
+
+def _niah_generate(args) -> int:
+    from .niah import write_niah
+
+    path = write_niah(args.out, args.items, haystack_frames=args.haystack_frames, size=args.size,
+                      video_format=args.format, seed=args.seed, depths=_floats(args.depths),
+                      num_options=args.options, distractors=args.distractors)
+    print(f"wrote {path}")
+    return 0
+
+
+def _niah_export(args) -> int:
+    from .ablate import parse_frames
+    from .niah import export_videos
+
+    path = export_videos(args.dataset, parse_frames(args.frames), args.out, video_format=args.format)
+    print(f"wrote {path}")
+    return 0
+
+
+def _niah_plot(args) -> int:
+    from pathlib import Path
+
+    from .ablate import _read_jsonl
+    from .niah import plot_heatmap
+
+    records = [r for r in _read_jsonl(Path(args.results)) if r.get("depth") is not None]
+    if not records:
+        raise AdapterError(f"{args.results} holds no V-NIAH results")
+    label = args.config or records[0]["config"]
+    subset = [r for r in records if r["config"] == label]
+    if not subset:
+        raise AdapterError(f"no results for config {label!r}; labels: {sorted({r['config'] for r in records})}")
+    print(f"wrote {plot_heatmap(subset, args.out, title=f'V-NIAH: {label}', value=args.value)}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------- ablate
+
+
+def add_ablate_parser(sub) -> argparse.ArgumentParser:
+    ablate = sub.add_parser(
+        "ablate",
+        help="evaluate a grid of adapter configs x frame counts on a local dataset (one model load, resumable)",
+        description="Evaluate every (item, frames, config) of a grid in one model load. Results go to "
+        "OUT/results.jsonl as they are computed; rerunning the same command continues where it stopped. Writes "
+        "OUT/summary.md (table), summary.json, accuracy.png and, for V-NIAH, heatmaps. Under 'accelerate launch "
+        "--num_processes N' items are split across processes and the results merged.",
+    )
+    _model_options(ablate)
+    ablate.add_argument("--dataset", required=True, metavar="PATH",
+                        help="our JSONL file or folder (incl. V-NIAH), Video-MME parquet/JSON, MVBench or MLVU json/ "
+                        "folder")
+    ablate.add_argument("--kind", choices=("auto", "jsonl", "niah", "videomme", "mvbench", "mlvu"), default="auto",
+                        help="dataset format (auto: JSONL folder/file, .parquet = Video-MME)")
+    ablate.add_argument("--video-dir", default=None, metavar="DIR", help="video folder of a public benchmark")
+    ablate.add_argument("--tasks", default=None, help="MVBench/MLVU tasks to keep (comma-separated)")
+    ablate.add_argument("--limit", type=int, default=None, help="first N items only")
+    ablate.add_argument("--frames", default="32", help="frame counts, e.g. 32,64,128 (default 32)")
+    ablate.add_argument("--fps", type=float, default=None, help="sample at this rate, --frames being the cap")
+    ablate.add_argument("--grid", action="append", default=[], metavar="AXIS=V1,V2",
+                        help="an axis of the grid: pooling=none,progressive:2,8,4 or rope=none,yarn-all,yarn-visual "
+                        "(repeat for each axis; default pooling=none)")
+    ablate.add_argument("--mode", choices=("loglik", "generate", "both"), default="loglik",
+                        help="loglik: teacher-forced option likelihood; generate: greedy answer + matching")
+    ablate.add_argument("--target", choices=("letter", "text", "both"), default="letter",
+                        help="what loglik scores per option: ' A', ' <option text>' or ' A. <text>'")
+    ablate.add_argument("--reduce", choices=("sum", "mean"), default="sum", help="loglik: sum or mean log-prob")
+    ablate.add_argument("--max-new-tokens", type=int, default=16)
+    ablate.add_argument("--out", required=True, metavar="DIR")
+    ablate.add_argument("--no-progress", action="store_true")
+    ablate.set_defaults(func=_ablate)
+    return ablate
+
+
+def _ablate(args) -> int:
+    from accelerate import PartialState
+    from transformers import AutoConfig
+
+    from .ablate import parse_frames, run_ablation, summarize, to_markdown
+    from .configs import expand_grid
+    from .datasets import load_dataset
+    from .runner import load_model
+
+    frames = parse_frames(args.frames)
+    model_type = AutoConfig.from_pretrained(args.model).model_type
+    cells = expand_grid(args.grid, model_type, args.visual_window)  # refuse bad grids before loading anything
+    tasks = args.tasks.split(",") if args.tasks else None
+    items = load_dataset(args.dataset, args.kind, args.video_dir, tasks=tasks, limit=args.limit)
+    import torch
+
+    # Under a torchrun-style launcher (accelerate launch --multi_gpu / torchrun) on a CPU-only run, tell accelerate
+    # to use gloo over CPU processes (it would otherwise look for GPUs and run every process as rank 0).
+    cpu = args.device == "cpu" or (args.device == "auto" and not torch.cuda.is_available())
+    state = PartialState(cpu=cpu)
+    device = state.device if state.num_processes > 1 and args.device == "auto" else args.device
+    model, processor = load_model(args.model, dtype=args.dtype, device=device, processor=args.processor)
+    records = run_ablation(model, processor, items, frames, cells, args.out, mode=args.mode, target=args.target,
+                           reduce=args.reduce, max_new_tokens=args.max_new_tokens, progress=not args.no_progress,
+                           fps=args.fps, backend=args.backend)
+    if state.is_main_process:
+        sys.stdout.write(to_markdown(summarize(records, [c.label for c in cells])))
+        print(f"results: {args.out}/results.jsonl, summary: {args.out}/summary.md")
+    return 0

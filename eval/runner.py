@@ -1,0 +1,237 @@
+"""Shared pieces of the evaluation commands: loading a local checkpoint, memory probes, and ``run``.
+
+``longctx-adapter run`` answers one question about one video::
+
+    longctx-adapter run --model ./llava-onevision-7b --video clip.mp4 --question "what happens?" --frames 64 \
+        --config progressive:2,8,4+yarn-visual
+
+It loads the checkpoint with ``AutoModelForImageTextToText`` and its ``AutoProcessor`` (or the torch-only
+fallback processor for LLaVA-family checkpoints when torchvision is missing), samples the frames, applies the
+adapter (``--config preset`` by default, ``none`` for the stock model), streams the answer, and prints what the
+adapter did: frames, visual tokens before and after pooling, RoPE factor, peak memory and time.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from contextlib import contextmanager
+
+from longctx_adapter.errors import AdapterError
+
+__all__ = ["MemoryProbe", "load_model", "placeholder_count", "resolve_device", "resolve_dtype", "run_question"]
+
+
+def resolve_device(device: str | None = "auto"):
+    import torch
+
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | None, device):
+    """``auto``: the checkpoint's dtype on GPU, float32 on CPU (bf16 matmuls are slow there)."""
+    import torch
+
+    if dtype in (None, "auto"):
+        return "auto" if device.type == "cuda" else torch.float32
+    names = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "half": "float16", "float": "float32"}
+    name = names.get(dtype, dtype)
+    value = getattr(torch, name, None)
+    if not isinstance(value, torch.dtype):
+        raise AdapterError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16")
+    return value
+
+
+def load_model(path, *, dtype="auto", device="auto", attn_implementation=None, processor: str = "auto"):
+    """(model, processor) of a local checkpoint folder; the model in eval mode on ``device``.
+
+    processor: ``auto`` (HF ``AutoProcessor``, the torch-only fallback when that cannot load), ``hf`` (HF only),
+    ``fallback`` (the torch-only one).
+    """
+    from pathlib import Path
+
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    from .video import load_processor
+
+    if not Path(path).exists():
+        raise AdapterError(f"model folder not found: {path} (run loads local checkpoints only)")
+    dev = resolve_device(device)
+    config = AutoConfig.from_pretrained(path)
+    kwargs = {"dtype": resolve_dtype(dtype, dev)}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    model = AutoModelForImageTextToText.from_pretrained(path, **kwargs).to(dev).eval()
+    mode = {"auto": "auto", "hf": "never", "fallback": "always"}.get(processor)
+    if mode is None:
+        raise AdapterError(f"processor must be auto, hf or fallback, got {processor!r}")
+    return model, load_processor(path, fallback=mode, model_config=config)
+
+
+def placeholder_count(model, input_ids) -> int:
+    """Visual placeholder tokens in ``input_ids`` (the video token where the class has one, else the image token)."""
+    config = model.config
+    token = getattr(config, "video_token_id", None)
+    if token is None or not bool((input_ids == token).any()):
+        token = getattr(config, "image_token_id", None)
+    return int((input_ids == token).sum()) if token is not None else 0
+
+
+class MemoryProbe:
+    """Peak memory of a block: CUDA ``max_memory_allocated`` (reset at start), else the process's resident-set
+    high-water mark (``VmHWM``, reset through /proc/self/clear_refs where allowed; otherwise the lifetime peak,
+    ``ru_maxrss``, which never goes down -- ``method`` says which)."""
+
+    def __init__(self, device):
+        import torch
+
+        self.device = device
+        self.cuda = device.type == "cuda" and torch.cuda.is_available()
+        if self.cuda:
+            self.method = "cuda.max_memory_allocated"
+        elif _can_reset_rss():
+            self.method = "VmHWM"
+        else:
+            self.method = "ru_maxrss"
+
+    @contextmanager
+    def measure(self):
+        import torch
+
+        box = {}
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        elif self.method == "VmHWM":
+            _reset_rss()
+        start = time.perf_counter()
+        try:
+            yield box
+        finally:
+            if self.cuda:
+                torch.cuda.synchronize(self.device)
+                box["peak_mem_bytes"] = int(torch.cuda.max_memory_allocated(self.device))
+            elif self.method == "VmHWM":
+                box["peak_mem_bytes"] = _status_bytes("VmHWM")
+            else:
+                import resource
+
+                box["peak_mem_bytes"] = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+            box["time_s"] = time.perf_counter() - start
+            box["mem_method"] = self.method
+
+
+def _status_bytes(field: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise OSError(field)
+
+
+def _reset_rss() -> None:
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
+
+
+def _can_reset_rss() -> bool:
+    try:
+        _reset_rss()
+        _status_bytes("VmHWM")
+        return True
+    except OSError:
+        return False
+
+
+def _fmt_bytes(n: int | None) -> str:
+    if n is None:
+        return "?"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def run_question(
+    model_path,
+    video,
+    question: str,
+    *,
+    frames: int | None = 32,
+    fps: float | None = None,
+    max_frames: int | None = None,
+    config: str | None = "preset",
+    visual_window: int | None = None,
+    max_new_tokens: int = 128,
+    dtype: str = "auto",
+    device: str = "auto",
+    processor: str = "auto",
+    backend: str = "pyav",
+    out=None,
+) -> dict:
+    """What ``longctx-adapter run`` does; returns the answer and the adapter's report (also printed to ``out``)."""
+    from pathlib import Path
+
+    from transformers import AutoConfig, TextStreamer
+
+    from longctx_adapter import apply_adapter
+
+    from .configs import parse_config_text
+    from .video import load_video, video_inputs
+
+    out = out or sys.stdout
+    if not Path(model_path).exists():
+        raise AdapterError(f"model folder not found: {model_path} (run loads local checkpoints only)")
+    # Refuse a bad video or config before loading any weights.
+    clip = load_video(video, None if fps is not None else frames, fps=fps, max_frames=max_frames, backend=backend)
+    adapter = parse_config_text(config, AutoConfig.from_pretrained(model_path).model_type, visual_window)
+    model, proc = load_model(model_path, dtype=dtype, device=device, processor=processor)
+    model_type = model.config.model_type
+    inputs = video_inputs(proc, clip, question, model_type=model_type).to(model.device)
+    if "pixel_values" in inputs and model.dtype != inputs["pixel_values"].dtype:
+        inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+    if "pixel_values_videos" in inputs:
+        inputs["pixel_values_videos"] = inputs["pixel_values_videos"].to(model.dtype)
+    tokenizer = getattr(proc, "tokenizer", proc)
+    streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    handle = apply_adapter(model, adapter) if adapter is not None else None
+    probe = MemoryProbe(model.device)
+    try:
+        print(f"answer ({type(model).__name__}, {len(clip)} frames):", file=out, flush=True)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        import torch
+
+        with probe.measure() as measured, torch.inference_mode():
+            generated = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, streamer=streamer,
+                                       pad_token_id=pad)
+        stats = list(handle.last_stats) if handle is not None else []
+    finally:
+        if handle is not None:
+            handle.remove()
+    answer = tokenizer.decode(generated[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    before = placeholder_count(model, inputs["input_ids"])
+    after = sum(int(s["tokens_after"]) for s in stats) if stats else before
+    factors = [s.get("rope_factor") for s in stats if s.get("rope_factor") is not None]
+    report = {
+        "answer": answer,
+        "frames": len(clip),
+        "timestamps": [round(float(t), 3) for t in clip.timestamps],
+        "tokens_before": before,
+        "tokens_after": after,
+        "rope_factor": max(factors) if factors else None,
+        "config": None if adapter is None else adapter.to_dict(),
+        **measured,
+    }
+    span = f"{clip.timestamps[0]:.2f}-{clip.timestamps[-1]:.2f} s" if len(clip) else ""
+    print("", file=out)
+    print("adapter report:", file=out)
+    print(f"  config        : {'none (stock model)' if adapter is None else adapter.to_json()}", file=out)
+    print(f"  frames        : {len(clip)} of {clip.total_frames} ({span}, {clip.backend})", file=out)
+    print(f"  visual tokens : {before} -> {after}", file=out)
+    print(f"  rope factor   : {report['rope_factor'] if factors else 'stock RoPE'}", file=out)
+    print(f"  peak memory   : {_fmt_bytes(measured['peak_mem_bytes'])} ({measured['mem_method']})", file=out)
+    print(f"  generate time : {measured['time_s']:.2f} s", file=out)
+    return report

@@ -1,0 +1,232 @@
+"""longctx_adapter.eval.video: decoding, sampling, clear errors, and processor-equivalent model inputs."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import av
+import numpy as np
+import pytest
+import torch
+from longctx_adapter.eval.video import (
+    LlavaFallbackProcessor,
+    VideoDecodeError,
+    build_prompt,
+    load_processor,
+    load_video,
+    sample_indices,
+    video_inputs,
+    write_video,
+)
+
+from longctx_adapter import AdapterError
+from longctx_adapter.tiny import TINY_MODEL_TYPES, synthetic_video, tiny_config, tiny_processor, tiny_tokenizer
+
+FRAMES = 20
+FPS = 10
+
+
+@pytest.fixture(scope="module")
+def source():
+    return synthetic_video(FRAMES, 48, 64, seed=3)
+
+
+@pytest.fixture(scope="module")
+def mp4(tmp_path_factory, source):
+    return write_video(tmp_path_factory.mktemp("video") / "clip.mp4", source, fps=FPS)
+
+
+@pytest.fixture(scope="module")
+def faststart_mp4(tmp_path_factory, source):
+    """moov atom first, as streaming-ready files are: a truncated copy still opens, with frames missing."""
+    path = str(tmp_path_factory.mktemp("video") / "fast.mp4")
+    with av.open(path, "w", options={"movflags": "faststart"}) as container:
+        stream = container.add_stream("mpeg4", rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for frame in source:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def _nearest(source, frame) -> int:
+    return int(np.abs(source.astype(int) - frame.astype(int)).mean(axis=(1, 2, 3)).argmin())
+
+
+# ----------------------------------------------------------------------------------------------- sampling
+
+
+def test_sample_indices_rules():
+    assert sample_indices(20, 5).tolist() == [0, 5, 10, 14, 19]  # first and last included
+    assert sample_indices(3, 6).tolist() == [0, 0, 1, 1, 2, 2]  # short video: frames repeat, count kept
+    times = np.arange(20) / 10.0
+    assert sample_indices(20, fps=2, times=times).tolist() == [0, 5, 10, 15]
+    assert sample_indices(20, fps=100, times=times, max_frames=4).tolist() == [0, 6, 13, 19]
+    assert sample_indices(7).tolist() == list(range(7))
+    with pytest.raises(AdapterError, match="not both"):
+        sample_indices(20, 4, fps=1.0)
+    with pytest.raises(AdapterError, match="positive"):
+        sample_indices(20, 0)
+
+
+def test_load_video_uniform_and_fps(mp4, source):
+    clip = load_video(mp4, 5)
+    assert clip.frames.shape == (5, 48, 64, 3) and clip.frames.dtype == np.uint8
+    assert clip.indices.tolist() == [0, 5, 10, 14, 19]
+    assert clip.total_frames == FRAMES and clip.fps == pytest.approx(FPS)
+    np.testing.assert_allclose(clip.timestamps, clip.indices / FPS, atol=1e-6)
+    # each decoded frame is (lossy) the source frame it claims to be
+    assert [_nearest(source, f) for f in clip.frames] == clip.indices.tolist()
+    by_rate = load_video(mp4, fps=2)
+    assert by_rate.indices.tolist() == [0, 5, 10, 15]
+    capped = load_video(mp4, fps=100, max_frames=3)
+    assert capped.indices.tolist() == [0, 10, 19]
+    assert len(load_video(mp4, 30)) == 30
+    window = load_video(mp4, 3, start=0.5, end=1.0)
+    assert window.indices.tolist() == [5, 7, 10]  # 5 + rint([0, 2.5, 5]) (half to even)
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty", "directory", "garbage", "truncated_head", "truncated_tail"])
+def test_bad_files_give_clear_errors(tmp_path, mp4, faststart_mp4, kind):
+    path = tmp_path / "bad.mp4"
+    if kind == "missing":
+        match = "not found"
+    elif kind == "empty":
+        path.write_bytes(b"")
+        match = "empty"
+    elif kind == "directory":
+        path.mkdir()
+        match = "not a regular file"
+    elif kind == "garbage":
+        path.write_bytes(np.random.default_rng(0).bytes(4096))
+        match = "cannot open"
+    elif kind == "truncated_head":  # moov at the end: the container index is gone
+        data = open(mp4, "rb").read()
+        path.write_bytes(data[: len(data) // 2])
+        match = "cannot open"
+    else:  # moov first: the index survives, the frames do not
+        data = open(faststart_mp4, "rb").read()
+        path.write_bytes(data[: int(len(data) * 0.8)])
+        match = "truncated"
+    with pytest.raises(VideoDecodeError, match=match) as info:
+        load_video(path, 4)
+    assert isinstance(info.value, AdapterError) and isinstance(info.value, ValueError)
+
+
+def test_backends(mp4):
+    with pytest.raises(AdapterError, match="unknown video backend"):
+        load_video(mp4, 2, backend="opencv")
+    for name in ("decord", "torchcodec"):
+        if importlib.util.find_spec(name) is None:
+            with pytest.raises(AdapterError, match="not installed"):
+                load_video(mp4, 2, backend=name)
+        else:  # installed: same frames as PyAV (decoders agree on mpeg4)
+            clip = load_video(mp4, 4, backend=name)
+            assert clip.indices.tolist() == load_video(mp4, 4).indices.tolist()
+
+
+# ----------------------------------------------------------------------------------------------- inputs
+
+
+def _assert_same(real, fallback):
+    assert sorted(real.keys()) == sorted(fallback.keys())
+    for key in real:
+        a, b = real[key], fallback[key]
+        assert a.shape == b.shape, key
+        if a.is_floating_point():
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+        else:
+            assert torch.equal(a, b), key
+
+
+@pytest.mark.parametrize("model_type", TINY_MODEL_TYPES)
+@pytest.mark.parametrize("size", [(48, 80), (90, 40)])
+def test_fallback_processor_equals_real_processor(model_type, size):
+    frames = synthetic_video(3, *size, seed=5)
+    real = tiny_processor(model_type)
+    fallback = LlavaFallbackProcessor.from_model_config(tiny_config(model_type), tiny_tokenizer(),
+                                                        chat_template=real.chat_template)
+    question = "what color is the square ?"
+    _assert_same(video_inputs(real, frames, question, model_type=model_type),
+                 video_inputs(fallback, frames, question, model_type=model_type))
+
+
+def test_fallback_from_saved_checkpoint_and_model_runs(tmp_path, mp4):
+    """A saved checkpoint folder read without the HF processor: same inputs, and the stock model accepts them."""
+    from longctx_adapter.tiny import tiny_model
+
+    model_type = "llava_onevision"
+    model = tiny_model(model_type)
+    model.save_pretrained(tmp_path)
+    tiny_processor(model_type).save_pretrained(tmp_path)
+    clip = load_video(mp4, 4)
+    fallback = load_processor(tmp_path, fallback="always")
+    assert isinstance(fallback, LlavaFallbackProcessor)
+    real = load_processor(tmp_path)
+    assert not isinstance(real, LlavaFallbackProcessor)
+    inputs = video_inputs(fallback, clip, "what is it ?", model=model)
+    _assert_same(video_inputs(real, clip, "what is it ?", model=model), inputs)
+    with torch.inference_mode():
+        out = model(**inputs, logits_to_keep=1)
+    assert out.logits.shape[:2] == (1, 1)
+
+
+def test_build_prompt_layouts():
+    proc = tiny_processor("llava")
+    assert build_prompt("q ?", "llava", 3, processor=proc) == "user <image><image><image> q ? assistant"
+    assert build_prompt("q ?", "llava_onevision", 3, processor=tiny_processor("llava_onevision")) == (
+        "user <video> q ? assistant"
+    )
+    assert build_prompt("q", "qwen2_vl", 4) == "USER: <|vision_start|><|video_pad|><|vision_end|>\nq ASSISTANT:"
+    with pytest.raises(AdapterError, match="covers"):
+        LlavaFallbackProcessor("qwen2_vl", tiny_tokenizer(), image_size=28, patch_size=14)
+
+
+def test_write_video_rejects_bad_frames(tmp_path):
+    with pytest.raises(AdapterError, match="uint8"):
+        write_video(tmp_path / "x.mp4", np.zeros((2, 8, 8, 3), dtype=np.float32))
+    assert not os.path.exists(tmp_path / "x.mp4")
+
+
+QWEN_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'] }} {% for part in message['content'] %}"
+    "{% if part['type'] == 'video' %}<|vision_start|><video><|vision_end|>"
+    "{% elif part['type'] == 'text' %} {{ part['text'] }}{% endif %}{% endfor %}{% endfor %}"
+    "{% if add_generation_prompt %} assistant{% endif %}"
+)
+
+
+@pytest.mark.parametrize("model_type", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+def test_qwen_processor_inputs_run_stock_and_adapted(model_type):
+    """Qwen-family inputs come from the real HF processor (built here on the tiny tokenizer and 4-px patches);
+    the frames' sampling rate reaches it (Qwen2.5's second_per_grid_ts, Qwen3's timestamp text)."""
+    import transformers
+
+    from longctx_adapter import apply_adapter
+    from longctx_adapter.tiny_qwen import qwen_tiny_model
+
+    tok = tiny_tokenizer()
+    tok.add_special_tokens({"additional_special_tokens": ["<|vision_start|>", "<|vision_end|>"]})
+    kw = dict(patch_size=4, merge_size=2, temporal_patch_size=2)
+    size = {"shortest_edge": 32 * 32, "longest_edge": 32 * 32}
+    names = {"qwen2_vl": ("Qwen2VLProcessor", "Qwen2VLVideoProcessor"),
+             "qwen2_5_vl": ("Qwen2_5_VLProcessor", "Qwen2VLVideoProcessor"),
+             "qwen3_vl": ("Qwen3VLProcessor", "Qwen3VLVideoProcessor")}[model_type]
+    processor = getattr(transformers, names[0])(
+        image_processor=transformers.Qwen2VLImageProcessor(**kw), tokenizer=tok,
+        video_processor=getattr(transformers, names[1])(**kw, size=size), chat_template=QWEN_TEMPLATE)
+    frames = synthetic_video(4, 32, 32, seed=1)
+    inputs = video_inputs(processor, frames, "what color ?", model_type=model_type, timestamps=np.arange(4) / 2.0)
+    assert inputs["video_grid_thw"][0, 0] == 2  # 4 frames / temporal patch 2
+    if model_type == "qwen2_5_vl":
+        assert inputs["second_per_grid_ts"].tolist() == [1.0]  # temporal patch 2 / 2 fps
+    model = qwen_tiny_model(model_type)
+    with torch.inference_mode():
+        stock = model(**inputs, logits_to_keep=1).logits
+        with apply_adapter(model, pooling={"type": "progressive", "group": 2, "strides": [1, 2]}) as handle:
+            adapted = model(**inputs, logits_to_keep=1).logits
+    assert handle.last_stats[0]["tokens_after"] < handle.last_stats[0]["tokens_before"]
+    assert stock.shape == adapted.shape and torch.isfinite(adapted).all()
