@@ -5,7 +5,13 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test bench lint clean
+.PHONY: venv demo test test-compat test-lmms bench lint clean train-tiny measure-tiny
+
+# test-compat: the suite against the OLDEST supported transformers (the floor of pyproject's range) in a second venv.
+COMPAT_VENV ?= .venv-compat
+COMPAT_TRANSFORMERS ?= $(shell sed -n 's/.*"transformers>=\([0-9.]*\),.*/\1/p' pyproject.toml)
+COMPAT_PY := $(COMPAT_VENV)/bin/python
+COMPAT_STAMP := $(COMPAT_VENV)/.installed-$(COMPAT_TRANSFORMERS)
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,9 +30,47 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m pytest benchmarks --benchmark-enable --benchmark-columns=min,median,mean,rounds -q -p no:xdist
+	$(PY) benchmarks/report.py
+
+$(COMPAT_STAMP): pyproject.toml Makefile
+	test -n "$(COMPAT_TRANSFORMERS)" || (echo "cannot read the transformers floor from pyproject.toml" && false)
+	test -x $(COMPAT_PY) || $(PYTHON) -m venv $(COMPAT_VENV)
+	$(COMPAT_PY) -m pip install -q --upgrade pip
+	$(COMPAT_PY) -m pip install -q $(TORCH_SPEC)
+	$(COMPAT_PY) -m pip install -q -e ".[dev,video]" "transformers==$(COMPAT_TRANSFORMERS)"
+	rm -f $(COMPAT_VENV)/.installed-*
+	touch $@
+
+test-compat: $(COMPAT_STAMP)
+	$(COMPAT_PY) -c "import transformers as t; print('transformers', t.__version__, '(oldest supported)')"
+	$(COMPAT_PY) -m pytest -n 2 -q -p no:cacheprovider
+
+# train-tiny: retrain the shipped tiny video LM from scratch (CPU, fixed seed, ~15 min on 2 cores; issue 9).
+train-tiny: $(STAMP)
+	$(PY) -m longctx_adapter.eval.train_tiny
+
+# measure-tiny: accuracy of the shipped tiny model at 1x-8x its training length, stock vs adapter variants
+# (not part of make test; ~10-15 min on 2 cores). Writes docs/tiny_extrapolation.{json,md,png}.
+measure-tiny: $(STAMP)
+	$(PY) -m longctx_adapter.eval.measure_tiny
+
+# test-lmms: the lmms-eval plugin end to end (issue 7) in its own venv, lmms-eval being heavy (~2 GB of deps).
+EVAL_VENV ?= .venv-eval
+EVAL_PY := $(EVAL_VENV)/bin/python
+EVAL_STAMP := $(EVAL_VENV)/.installed
+
+$(EVAL_STAMP): pyproject.toml Makefile
+	test -x $(EVAL_PY) || $(PYTHON) -m venv $(EVAL_VENV)
+	$(EVAL_PY) -m pip install -q --upgrade pip
+	$(EVAL_PY) -m pip install -q $(TORCH_SPEC)
+	$(EVAL_PY) -m pip install -q -e ".[dev,eval]"
+	touch $@
+
+test-lmms: $(EVAL_STAMP)
+	$(EVAL_PY) -m pytest -q -p no:cacheprovider -m lmms tests/test_eval_lmms.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .benchmarks
+	rm -rf $(VENV) $(COMPAT_VENV) $(EVAL_VENV) build *.egg-info .pytest_cache .benchmarks

@@ -16,6 +16,7 @@ from .api import (
 )
 from .config import AdapterConfig
 from .errors import AdapterError
+from .profiling import profile
 from .registry import supported_models
 
 __version__ = "0.1.0"
@@ -28,7 +29,13 @@ __all__ = [
     "from_pretrained",
     "get_adapter",
     "patch_transformers",
+    "profile",
     "remove_adapter",
     "supported_models",
     "unpatch_transformers",
 ]
+
+# A transformers release outside the supported range fails here, naming the range (see compat.py).
+from .compat import check_transformers_version as _check_transformers_version  # noqa: E402
+
+_check_transformers_version()

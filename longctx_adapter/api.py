@@ -6,12 +6,15 @@ import threading
 import weakref
 from collections.abc import Mapping
 
+from .compat import check_transformers_version
 from .config import AdapterConfig, known_visual_window
 from .errors import AdapterError
 from .intercept import wrap_forward, wrap_generate
 from .pooling import pooled_frame_sizes
+from .question import build_guidance
 from .registry import family_for, supported_models
 from .rope_hook import RopeBase, RopeHooks
+from .saving import find_saved_config, read_adapter_config, wrap_save_pretrained
 
 _HANDLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _HANDLES_LOCK = threading.Lock()
@@ -28,6 +31,7 @@ class AdapterHandle:
         self._patched: list[tuple[object, str, bool, object]] = []
         self.rope: RopeHooks | None = None
         self.family_state = None  # owned by the family patch (e.g. Qwen's precomputed M-RoPE ids)
+        self.guidance = None  # question.Guidance for question-guided pooling stages (set by apply_adapter)
         self.continuations = weakref.WeakKeyDictionary()  # cache -> how it maps to the caller's sequences
         self._removed = False
 
@@ -89,6 +93,7 @@ class AdapterHandle:
             self.family.install(self)
         self._patch_attr(model, "forward", wrap_forward(self, model.forward))
         self._patch_attr(model, "generate", wrap_generate(self, model.generate))
+        self._patch_attr(model, "save_pretrained", wrap_save_pretrained(self, model.save_pretrained))
 
     def remove(self) -> None:
         """Restore the stock model bit-exactly (instance attributes and hooks); idempotent."""
@@ -175,6 +180,8 @@ def _check_grid(model, family, config: AdapterConfig) -> None:
 def _frames_every_stage_accepts(stages) -> int:
     frames = 1
     for stage in stages:
+        if stage["type"] == "select_frames":  # it always hands on segments * per_segment frames
+            return frames * stage["segments"] * stage["per_segment"]
         for key in ("kernel", "stride", "output"):
             value = stage.get(key)
             if value is not None:
@@ -182,12 +189,18 @@ def _frames_every_stage_accepts(stages) -> int:
     return frames
 
 
-def apply_adapter(model, config: AdapterConfig | Mapping | str | None = None, **overrides) -> AdapterHandle:
+def apply_adapter(
+    model, config: AdapterConfig | Mapping | str | None = None, *, scorer=None, tokenizer=None, **overrides
+) -> AdapterHandle:
     """Install the adapter on this model instance and return the handle that removes it.
 
     config: an AdapterConfig, a dict or JSON string of one, or None for the family preset; keyword overrides
     replace single fields (e.g. `pooling=None`). Refusals raise AdapterError and leave the model untouched.
+    scorer: for question-guided stages (prompt_guided, select_frames, progressive anchor "score"): a
+    scoring.Scorer, a CLIPModel/SiglipModel, a registered name or a local checkpoint path; overrides the stages'
+    "scorer". tokenizer: the model's tokenizer (or processor), to read the question from the prompt's text tokens.
     """
+    check_transformers_version()
     model_config = getattr(model, "config", None)
     model_type = getattr(model_config, "model_type", None)
     family = family_for(model_type)
@@ -201,10 +214,12 @@ def apply_adapter(model, config: AdapterConfig | Mapping | str | None = None, **
     _check_grid(model, family, resolved)
     if resolved.rope is not None:
         RopeBase.from_text_config(model.config.text_config)  # refuse incompatible model RoPE before installing
+    guidance = build_guidance(model, family, resolved, scorer, tokenizer)  # refuses a missing/unfit scorer
     with _HANDLES_LOCK:
         if model in _HANDLES:
             raise AdapterError("this model already has an adapter applied (by another thread); remove it first")
         handle = AdapterHandle(model, family, resolved)
+        handle.guidance = guidance
         _HANDLES[model] = handle
     try:
         handle._install()
@@ -239,9 +254,17 @@ def _model_classes():
 
 
 def from_pretrained(name_or_path, adapter: AdapterConfig | Mapping | str | None = None, **hf_kwargs):
-    """Load a supported checkpoint with the adapter applied (`adapter=None` means the family preset)."""
+    """Load a supported checkpoint with the adapter applied.
+
+    `adapter=None` means the config an adapted model saved beside its weights (`longctx_adapter.json`, written by
+    its `save_pretrained`) when there is one, else the family preset.
+    """
     from transformers import AutoConfig, AutoModelForImageTextToText
 
+    check_transformers_version()
+    if adapter is None:
+        saved = find_saved_config(name_or_path, **hf_kwargs)
+        adapter = read_adapter_config(saved) if saved is not None else None
     hf_config = AutoConfig.from_pretrained(name_or_path, **_config_kwargs(hf_kwargs))
     family_for(hf_config.model_type)  # refuse unsupported models before loading weights
     _resolve_config(hf_config.model_type, adapter, {})
@@ -259,6 +282,7 @@ def _config_kwargs(hf_kwargs: Mapping) -> dict:
 
 def patch_transformers(config: AdapterConfig | Mapping | str | None = None) -> None:
     """Make `from_pretrained` of every supported class return adapted models until unpatch_transformers()."""
+    check_transformers_version()
     if _PATCHED_LOADERS:
         raise AdapterError("transformers is already patched; call unpatch_transformers() first")
     frozen = _resolve_config(None, config, {}) if config is not None else None
@@ -271,10 +295,17 @@ def _adapting_loader(inner, config):
     def from_pretrained(klass, *args, **kwargs):
         model = inner(klass, *args, **kwargs)
         if model not in _HANDLES:
-            apply_adapter(model, config)
+            apply_adapter(model, config if config is not None else _saved_config(args, kwargs))
         return model
 
     return from_pretrained
+
+
+def _saved_config(args, kwargs) -> AdapterConfig | None:
+    """The adapter config saved beside a checkpoint being loaded (None: use the preset)."""
+    path = args[0] if args else kwargs.get("pretrained_model_name_or_path")
+    saved = find_saved_config(path, **kwargs) if path is not None else None
+    return read_adapter_config(saved) if saved is not None else None
 
 
 def unpatch_transformers() -> None:

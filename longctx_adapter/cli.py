@@ -9,9 +9,14 @@ from .errors import AdapterError
 
 
 def _demo(args) -> int:
+    if not args.random:
+        from .demo_trained import run_trained_demo
+
+        run_trained_demo(frames=args.frames or 64, questions=args.questions, seed=args.seed, config=args.config)
+        return 0
     from .demo import run_demo
 
-    run_demo(frames=args.frames, new_tokens=args.new_tokens, seed=args.seed, config=args.config)
+    run_demo(frames=args.frames or 256, new_tokens=args.new_tokens, seed=args.seed, config=args.config)
     return 0
 
 
@@ -20,23 +25,61 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser(
         "demo",
-        help="stock vs adapted generate on a tiny RANDOM LLaVA-OneVision and a long synthetic video",
-        description="Stock vs adapted generate on a tiny random LLaVA-OneVision (random weights: answers are "
-        "noise) and a synthetic video; prints visual tokens, prefill time, peak RSS and KV-cache bytes per run.",
+        help="stock vs adapted answers of the shipped tiny TRAINED video LM on long synthetic videos",
+        description="Default: the shipped tiny trained LLaVA-OneVision (trained on 4-8 frame videos) answers "
+        "questions about longer synthetic videos, stock vs adapted (config shipped beside its weights); prints "
+        "answers, accuracy, visual tokens, KV cache and peak RSS. --random: the earlier demo on a tiny RANDOM model "
+        "(answers are noise; token counts, prefill time and memory are real).",
     )
-    demo.add_argument("--frames", type=int, default=256, help="frames of the synthetic video (default 256)")
-    demo.add_argument("--new-tokens", type=int, default=8, help="tokens to generate (default 8)")
+    demo.add_argument("--random", action="store_true", help="use the tiny RANDOM model demo instead")
+    demo.add_argument(
+        "--frames", type=int, default=None, help="frames of each synthetic video (default 64; --random: 256)"
+    )
+    demo.add_argument("--questions", type=int, default=12, help="questions asked (trained demo; default 12)")
+    demo.add_argument("--new-tokens", type=int, default=8, help="tokens to generate (--random only; default 8)")
     demo.add_argument("--seed", type=int, default=0, help="seed of the model weights and the video")
     demo.add_argument(
         "--config",
         metavar="JSON",
         default=None,
-        help='adapter config as JSON: one pooling stage, a list of stages, null (pooling off), or a full config '
-        'dict {"pooling": ..., "rope": null, "pool_single_images": false}. Default: '
+        help="adapter config as JSON: one pooling stage, a list of stages, null (pooling off), or a full config "
+        'dict {"pooling": ..., "rope": null, "pool_single_images": false}. Default: the trained model\'s shipped '
+        "longctx_adapter.json; with --random "
         '{"type": "progressive", "group": 4, "strides": [2, 7], "mode": "bilinear"} (the tiny grid is 7x7)',
     )
     demo.set_defaults(func=_demo)
+    _add_profile_command(sub)
+    _add_eval_commands(sub)
     return parser
+
+
+def _profile(args) -> int:
+    from .profiling import run_profile_cli
+
+    return run_profile_cli(args)
+
+
+def _add_profile_command(sub) -> None:
+    """`profile`: memory/time per stage vs frames (longctx_adapter.profiling)."""
+    from .profiling import add_profile_arguments
+
+    parser = sub.add_parser(
+        "profile",
+        help="peak memory and time per stage (vision, prefill, decode) vs frames, per adapter config",
+        description="Measure (or estimate) memory and time of generate() on one synthetic video per (frames, config) "
+        "and write table.md, rows.csv, rows.json and memory.png into --out.",
+    )
+    add_profile_arguments(parser)
+    parser.set_defaults(func=_profile)
+
+
+def _add_eval_commands(sub) -> None:
+    """`run`, `niah`, `ablate`: the evaluation harness (longctx_adapter.eval.cli)."""
+    from .eval.cli import add_ablate_parser, add_niah_parser, add_run_parser
+
+    add_run_parser(sub)
+    add_niah_parser(sub)
+    add_ablate_parser(sub)
 
 
 def main(argv=None) -> int:

@@ -52,8 +52,11 @@ def bind_call(signature: inspect.Signature, args: tuple, kwargs: dict) -> dict:
     return call
 
 
-def prepare(handle, call: dict) -> Prepared | None:
-    """Pool this call's visual input, or return None when there is nothing to do (stock path)."""
+def prepare(handle, call: dict, question=None) -> Prepared | None:
+    """Pool this call's visual input, or return None when there is nothing to do (stock path).
+
+    question: the caller's `question=` (question-guided stages; see longctx_adapter/question.py).
+    """
     family, config, model = handle.family, handle.config, handle.model
     if not config.pooling:
         return None
@@ -80,22 +83,27 @@ def prepare(handle, call: dict) -> Prepared | None:
     encoder = getattr(model.model, family.encoder_name)
     accepted = inspect.signature(encoder).parameters
     encoder_kwargs = {k: call[k] for k in accepted if k in call and k != "kwargs"}
-    segments, template = encode_segments(family, model, encoder_kwargs, [r.length for r in runs], config)
+    guidance = getattr(handle, "guidance", None)
+    with guidance.capture(model) if guidance is not None else contextlib.nullcontext() as captured:
+        segments, template = encode_segments(family, model, encoder_kwargs, [r.length for r in runs], config)
     segment_runs = _runs_per_segment(family, runs, segments)
+    guides, questions = [None] * len(segments), None
+    if guidance is not None:
+        guides, questions = guidance.guides(model, call, question, segments, segment_runs, encoder_kwargs, captured)
 
     features, side_features, pooled_videos, segment_lengths, stats = [], [], [], [], []
-    for seg, seg_runs in zip(segments, segment_runs):
+    for seg, seg_runs, guide in zip(segments, segment_runs, guides):
         row = seg_runs[0].row
         if seg.grid is None:
             pooled, feats, lengths = None, seg.fixed, [seg.fixed.shape[0]]
         else:
-            pooled = pool_segment(seg, config.pooling)
+            pooled = pool_segment(seg, config.pooling, guide)
             feats = pooled.flatten()
             if seg.tail is not None:
                 feats = torch.cat([feats, seg.tail.to(feats.dtype)], dim=0)
             lengths = _lengths_per_run(pooled, seg, feats.shape[0], family)
         features.append(feats)
-        side_features.append(pool_side_grids(seg, config.pooling))
+        side_features.append(pool_side_grids(seg, config.pooling, guide))
         pooled_videos.append(pooled)
         segment_lengths.append(lengths)
         stats.append(
@@ -109,6 +117,13 @@ def prepare(handle, call: dict) -> Prepared | None:
                 "rope_factor": None,
             }
         )
+        if guidance is not None:
+            info = getattr(pooled, "guided", None)
+            stats[-1].update(
+                question=questions[row],
+                kept_frames=list(info.kept_frames) if info is not None and info.kept_frames is not None else None,
+                anchors=list(info.anchors) if info is not None and info.anchors is not None else None,
+            )
 
     rewritten = resize_runs(
         input_ids,
@@ -233,8 +248,8 @@ def _remember_cache(handle, plan, output):
     return output
 
 
-def _plan_call(handle, call):
-    prepared = prepare(handle, call)
+def _plan_call(handle, call, question=None):
+    prepared = prepare(handle, call, question)
     plan = _rope_plan(handle, prepared, call)
     handle._record(prepared, plan)
     return prepared, plan
@@ -245,10 +260,11 @@ def wrap_forward(handle, original):
 
     @functools.wraps(original)
     def forward(*args, **kwargs):
+        question = kwargs.pop("question", None)  # the adapter's own keyword: never reaches the stock model
         if handle._inside():  # an adapted generate() already pooled and planned this sequence
             return original(*args, **kwargs)
         call = bind_call(signature, args, kwargs)
-        prepared, plan = _plan_call(handle, call)
+        prepared, plan = _plan_call(handle, call, question)
         if prepared is None and plan is None:
             return original(*args, **kwargs)
         with _adapted_call(handle, prepared, plan):
@@ -287,13 +303,14 @@ def wrap_generate(handle, original):
 
     @functools.wraps(original)
     def generate(*args, **kwargs):
+        question = kwargs.pop("question", None)  # the adapter's own keyword: never reaches the stock model
         call = bind_call(signature, args, kwargs)
         if call.get("inputs") is not None and call.get("input_ids") is None:
             call["input_ids"] = call.pop("inputs")
         continued = _continuation(handle, call)
         if continued is not None:
             return _continue_generation(handle, original, call, continued)
-        prepared, plan = _plan_call(handle, call)
+        prepared, plan = _plan_call(handle, call, question)
         with _adapted_call(handle, prepared, plan):  # the forwards inside generate() pass straight through
             if prepared is None:
                 return original(*args, **kwargs)

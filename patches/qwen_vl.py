@@ -142,7 +142,7 @@ def finish(handle, ctx) -> None:
     index = rewritten.new_to_caller
     positions = stock.to(torch.float64).gather(2, index.clamp(min=0)[None].expand(3, -1, -1).to(stock.device))
     positions = positions.masked_fill((index < 0)[None].to(stock.device), 0.0)
-    for seg, runs, lengths in zip(ctx.segments, ctx.segment_runs, ctx.segment_lengths):
+    for seg, runs, lengths, pooled in zip(ctx.segments, ctx.segment_runs, ctx.segment_lengths, ctx.pooled):
         frames, height, width = seg.grid.shape[:3]
         row, first = runs[0].row, runs[0].start
         start = stock[1, row, first].double()
@@ -150,7 +150,8 @@ def finish(handle, ctx) -> None:
             t_rel = stock[0, row, first + torch.arange(frames) * height * width].double() - start
         else:
             t_rel = torch.zeros(frames, dtype=torch.float64)  # one block per frame, each with its own start
-        ids = mrope_positions(0.0, t_rel, height, width, handle.config.pooling).to(positions.device)
+        guide = getattr(getattr(pooled, "guided", None), "guide", None)  # question-guided stages decide alike
+        ids = mrope_positions(0.0, t_rel, height, width, handle.config.pooling, guide).to(positions.device)
         offset = 0
         for run, count in zip(runs, lengths):
             base = start if seg.runs == 1 else stock[1, row, run.start].double()
