@@ -21,6 +21,7 @@ import time
 from .config import AdapterConfig
 from .errors import AdapterError
 from .pooling import count_tokens
+from .profiling import kv_cache_bytes
 
 MODEL_TYPE = "llava_onevision"
 PROMPT = "what color is the frame"
@@ -51,16 +52,6 @@ def _tiny_grid() -> int:
     return tiny_spec(MODEL_TYPE).grid
 
 
-def _kv_bytes(cache) -> int:
-    total = 0
-    for layer in getattr(cache, "layers", []):
-        for name in ("keys", "values"):
-            tensor = getattr(layer, name, None)
-            if tensor is not None:
-                total += tensor.numel() * tensor.element_size()
-    return total
-
-
 def _measure(label: str, config_dict: dict | None, frames: int, new_tokens: int, seed: int) -> dict:
     """One run in a fresh process: build the model, (maybe) adapt it, time the prefill (median), then generate."""
     import torch
@@ -82,7 +73,7 @@ def _measure(label: str, config_dict: dict | None, frames: int, new_tokens: int,
             prefill = model(**inputs, logits_to_keep=1, use_cache=True)
             times.append(time.perf_counter() - start)
         prefill_s = statistics.median(times)
-        kv = _kv_bytes(prefill.cache)
+        kv = kv_cache_bytes(prefill.cache)
         seq_len = prefill.cache.get_seq_length()
         stats = list(handle.last_stats) if handle else []
         out = model.generate(**inputs, max_new_tokens=new_tokens, do_sample=False)

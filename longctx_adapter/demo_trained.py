@@ -19,6 +19,7 @@ import time
 
 from .config import AdapterConfig
 from .errors import AdapterError
+from .profiling import kv_cache_bytes
 
 #: the demo's third run when no --config is given: the shipped RoPE config plus the pooling that kept most accuracy
 #: on this model (progressive, group 4, strides [2, 4]: 4 tokens on 3 of every 4 frames; see README)
@@ -49,16 +50,6 @@ def _items(frames: int, questions: int, seed: int):
     return [make_item(TASKS[i % len(TASKS)], frames, DEMO_STREAM + seed, i) for i in range(questions)]
 
 
-def _kv_bytes(cache) -> int:
-    total = 0
-    for layer in getattr(cache, "layers", []):
-        for name in ("keys", "values"):
-            tensor = getattr(layer, name, None)
-            if tensor is not None:
-                total += tensor.numel() * tensor.element_size()
-    return total
-
-
 def _measure(label: str, config_dict: dict | None, frames: int, questions: int, seed: int) -> dict:
     """One run in a fresh process: load the shipped model, (maybe) adapt it, answer every question."""
     import torch
@@ -84,7 +75,7 @@ def _measure(label: str, config_dict: dict | None, frames: int, questions: int, 
                 {"question": item.question, "truth": item.answer, "answer": word, "markers": list(item.markers)}
             )
         prefill = model(**inputs, logits_to_keep=1, use_cache=True)  # the last item once more, for its cache
-        kv = _kv_bytes(prefill.cache)
+        kv = kv_cache_bytes(prefill.cache)
         seq_len = prefill.cache.get_seq_length()
         visual_before = int((inputs["input_ids"] == model.config.video_token_id).sum())
         stats = list(handle.last_stats) if handle else []

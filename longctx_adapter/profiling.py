@@ -235,7 +235,8 @@ class _CudaProbe:
         pass
 
 
-def _kv_bytes(cache) -> int:
+def kv_cache_bytes(cache) -> int:
+    """Bytes held by the keys and values of a transformers Cache (what grows with visual tokens)."""
     total = 0
     for layer in getattr(cache, "layers", None) or []:
         for name in ("keys", "values"):
@@ -297,7 +298,7 @@ class _StageRecorder:
         if self.stage == "vision":
             self._enter("prefill")
         elif self.stage == "prefill" and length == 1 and self._cache is not None:
-            self.kv_bytes = _kv_bytes(self._cache)
+            self.kv_bytes = kv_cache_bytes(self._cache)
             self.seq_len = int(self._cache.get_seq_length())
             self._enter("decode")
 
