@@ -12,6 +12,16 @@ from longctx_adapter.pooling import normalize_pooling, pool_video
 from longctx_adapter.tiny import frames_as_images, placeholder_token_id
 
 
+def naive_starts(size, kernel, stride):
+    """Window starts at 0, s, 2s, ... until a window reaches the end of the axis."""
+    starts, start = [], 0
+    while True:
+        starts.append(start)
+        if start + kernel >= size:
+            return starts
+        start += stride
+
+
 def _select(model, hidden_states, crop_cls: bool):
     layer = model.config.vision_feature_layer
     feats = hidden_states[layer]

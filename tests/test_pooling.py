@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from reference import naive_starts
 
 from longctx_adapter.errors import AdapterError
 from longctx_adapter.pooling import (
@@ -37,16 +38,6 @@ def make_grid(T, H, W, D, dtype=torch.float32, seed=0, device="cpu"):
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Naive references: plain Python loops over windows, written from the rules in DESIGN 3.1-3.3.
-
-
-def naive_starts(size, kernel, stride):
-    """Window starts at 0, s, 2s, ... until a window reaches the end of the axis."""
-    starts, start = [], 0
-    while True:
-        starts.append(start)
-        if start + kernel >= size:
-            return starts
-        start += stride
 
 
 def naive_conv3d(grid, kernel, stride):

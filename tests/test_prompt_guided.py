@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from reference import naive_starts
 
 from longctx_adapter import AdapterConfig, AdapterError, apply_adapter, get_adapter
 from longctx_adapter.pooling import conv3d_pool, count_tokens, normalize_pooling, pool_video, progressive_pool
@@ -44,15 +45,6 @@ def make_logits(T, H, W, seed=1, scale=30.0):
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Naive references, written from DESIGN 3.4 / 3.5.
-
-
-def naive_starts(size, kernel, stride):
-    starts, start = [], 0
-    while True:
-        starts.append(start)
-        if start + kernel >= size:
-            return starts
-        start += stride
 
 
 def naive_prompt_guided(grid, weights, kernel, stride, temperature):
