@@ -43,6 +43,9 @@ class VisualFamily:
         inserted placeholder), e.g. Qwen's mm_token_type_ids.
     install(handle) / finish(handle, ctx) / release(handle): optional family steps at apply time, after the
         rewrite of each adapted call, and when that call ends.
+    frame_blocks(model, row_ids, runs) -> [(start | None, stop)] per frame: for models with one block of text and
+        placeholders per frame (Segment.runs > 1), the caller span of each frame's block, so pooling that merges
+        frames can delete the blocks it no longer needs (tokens.merged_frame_blocks).
     """
 
     model_types: tuple[str, ...]
@@ -59,6 +62,7 @@ class VisualFamily:
     install: Callable | None = None
     finish: Callable | None = None
     release: Callable | None = None
+    frame_blocks: Callable | None = None
 
     def token_id(self, config) -> int:
         return getattr(config, self.token_attr)

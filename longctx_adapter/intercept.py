@@ -16,7 +16,8 @@ import torch
 
 from .chunking import encode_segments, pool_segment, pool_side_grids
 from .errors import AdapterError
-from .tokens import Rewritten, find_runs, resize_runs, to_caller_layout
+from .positions import frame_sources
+from .tokens import Rewritten, find_runs, merged_frame_blocks, resize_runs, to_caller_layout
 
 
 @dataclass
@@ -91,7 +92,7 @@ def prepare(handle, call: dict, question=None) -> Prepared | None:
     if guidance is not None:
         guides, questions = guidance.guides(model, call, question, segments, segment_runs, encoder_kwargs, captured)
 
-    features, side_features, pooled_videos, segment_lengths, stats = [], [], [], [], []
+    features, side_features, pooled_videos, segment_lengths, stats, deleted = [], [], [], [], [], []
     for seg, seg_runs, guide in zip(segments, segment_runs, guides):
         row = seg_runs[0].row
         if seg.grid is None:
@@ -101,7 +102,8 @@ def prepare(handle, call: dict, question=None) -> Prepared | None:
             feats = pooled.flatten()
             if seg.tail is not None:
                 feats = torch.cat([feats, seg.tail.to(feats.dtype)], dim=0)
-            lengths = _lengths_per_run(pooled, seg, feats.shape[0], family)
+            lengths, drops = _lengths_per_run(handle, pooled, seg, seg_runs, input_ids, feats.shape[0])
+            deleted += drops
         features.append(feats)
         side_features.append(pool_side_grids(seg, config.pooling, guide))
         pooled_videos.append(pooled)
@@ -135,6 +137,7 @@ def prepare(handle, call: dict, question=None) -> Prepared | None:
         extra={
             name: (call[name], *fills) for name, fills in family.token_tensors.items() if call.get(name) is not None
         },
+        drop=deleted,
     )
     new_call = {k: v for k, v in call.items() if k not in family.pixel_keys}
     encoded = dict(call.get("mm_encoder_outputs") or {})
@@ -187,16 +190,25 @@ def _runs_per_segment(family, runs, segments) -> list[list]:
     return out
 
 
-def _lengths_per_run(pooled, seg, total: int, family) -> list[int]:
+def _lengths_per_run(handle, pooled, seg, seg_runs, input_ids, total: int) -> tuple[list[int], list]:
+    """New length of each placeholder run of one video, and the caller spans to delete (one block per frame)."""
     if seg.runs == 1:
-        return [total]
-    if len(pooled.sizes) != seg.runs:
+        return [total], []
+    counts = [h * w for h, w in pooled.sizes]
+    if len(counts) == seg.runs:
+        return counts, []
+    family = handle.family
+    if family.frame_blocks is None:
         raise AdapterError(
-            f"this model puts every frame of a video in its own block ({seg.runs} blocks); a pooling that changes "
-            f"the frame count ({seg.runs} -> {len(pooled.sizes)}) would have to rewrite the text between blocks. "
-            "Use stages that keep the frame count (progressive, or adaptive3d/conv3d with temporal size/kernel 1)"
+            f"this model puts every frame of a video in its own block ({seg.runs} blocks) and its patch cannot "
+            f"rewrite them for a pooling that changes the frame count ({seg.runs} -> {len(counts)}); use stages "
+            "that keep the frame count (progressive, or adaptive3d/conv3d with temporal size/kernel 1)"
         )
-    return [h * w for h, w in pooled.sizes]
+    frames, height, width = seg.grid.shape[:3]
+    guide = getattr(getattr(pooled, "guided", None), "guide", None)  # question-guided stages decide alike
+    sources = frame_sources(frames, height, width, handle.config.pooling, guide)
+    blocks = family.frame_blocks(handle.model, input_ids[seg_runs[0].row], seg_runs)
+    return merged_frame_blocks(seg_runs, sources, counts, blocks)
 
 
 def _pad_token_id(config) -> int:

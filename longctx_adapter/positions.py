@@ -40,3 +40,21 @@ def pooled_coordinates(t_values: torch.Tensor, height: int, width: int, stages, 
 def mrope_positions(start: float, t_values: torch.Tensor, height: int, width: int, stages, guide=None) -> torch.Tensor:
     """(3, N) M-RoPE (t, h, w) ids of a pooled video whose stock ids are `start + (t_values[f], i, j)`."""
     return pooled_coordinates(t_values, height, width, stages, guide).flatten().T + start
+
+
+def frame_sources(frames: int, height: int, width: int, stages, guide=None, chunk: int = 256) -> list[tuple[int, ...]]:
+    """For each pooled frame, the input frames it draws on (non-zero weight in any of its tokens), ascending.
+
+    Pools one-hot frame indicators with the same stages (and guide) as the features, so every stage type, frame
+    selection included, answers alike. Channels go `chunk` frames at a time to bound memory at long videos.
+    """
+    stages = _coordinate_stages(stages)
+    support = None
+    for lo in range(0, frames, chunk):
+        hi = min(frames, lo + chunk)
+        indicator = torch.zeros(frames, 1, 1, hi - lo)
+        indicator[torch.arange(lo, hi), 0, 0, torch.arange(hi - lo)] = 1.0
+        pooled = pool_video(indicator.expand(frames, height, width, hi - lo), stages, guide)
+        part = torch.stack([f.reshape(-1, hi - lo).abs().amax(0) > 0 for f in pooled.frames])
+        support = part if support is None else torch.cat([support, part], dim=1)
+    return [tuple(row.nonzero().squeeze(1).tolist()) for row in support]

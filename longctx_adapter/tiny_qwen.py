@@ -3,7 +3,8 @@
 Real `mrope_section` layouts scaled to a 16-dim head: Qwen2/2.5-VL [2, 3, 3] (the 7B's [16, 24, 24] / 8),
 Qwen3-VL [2, 3, 3] interleaved. A video of `frames` frames at patch grid (frames, 8, 8) gives
 `frames/2` temporal patches of 4x4 = 16 merged tokens each. Qwen3-VL puts each temporal patch in its own
-`<|vision_start|> ... <|vision_end|>` block preceded by timestamp text, as its processor does.
+`<|vision_start|> ... <|vision_end|>` block preceded by timestamp text, all inside one more
+`<|vision_start|> ... <|vision_end|>` pair, as its processor does.
 """
 
 from __future__ import annotations
@@ -134,8 +135,14 @@ def qwen_hand_inputs(
     seed: int = 0,
     patch_grid: int = PATCH_GRID,
     seconds_per_grid: float = 1.0,
+    outer_markers: bool = True,
 ) -> dict:
-    """Hand-built, left-padded Qwen-VL video inputs in the stock layout, deterministic from `seed`."""
+    """Hand-built, left-padded Qwen-VL video inputs in the stock layout, deterministic from `seed`.
+
+    Qwen3-VL: `<|vision_start|>` + per temporal patch (2 stand-in timestamp words, `<|vision_start|>`, tokens,
+    `<|vision_end|>`) + `<|vision_end|>`, as transformers' processor writes it; outer_markers=False leaves out the
+    outer pair (a hand-written prompt).
+    """
     from .tiny import PAD_ID, TEXT_TOKEN_IDS
 
     ids = _ids()
@@ -159,6 +166,8 @@ def qwen_hand_inputs(
                 stamp = words[torch.randint(len(words), (2,), generator=gen)].tolist()  # "<k.0 seconds>" stand-in
                 vision += stamp + [ids["start"]] + [ids["video"]] * per_block + [ids["end"]]
                 vision_types += [0] * (len(stamp) + 1) + [2] * per_block + [0]
+            if outer_markers:
+                vision, vision_types = [ids["start"]] + vision + [ids["end"]], [0] + vision_types + [0]
         else:
             vision = [ids["start"]] + [ids["video"]] * (t * per_block) + [ids["end"]]
             vision_types = [0] + [2] * (t * per_block) + [0]

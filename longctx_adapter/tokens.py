@@ -61,10 +61,13 @@ def resize_runs(
     labels: torch.Tensor | None = None,
     pad_token_id: int = 0,
     extra: dict | None = None,
+    drop: list[tuple[int, int, int]] | tuple = (),
 ) -> Rewritten:
     """Give each placeholder run its new length and re-pad rows to one length.
 
     extra: name -> (tensor (B, L), padding value, value at inserted placeholders) for other per-token tensors.
+    drop: (row, start, stop) caller spans to delete outright (Qwen3-VL: the blocks of frames pooled into an
+    earlier frame, timestamp text included). A run inside a span must get length 0; every other run at least 1.
 
     A shorter run keeps its last positions; a longer one (pooling at finer than stock resolution, e.g. stride 1
     on LLaVA-OneVision) gets extra placeholders in front. Every other position keeps its token, mask and label.
@@ -73,19 +76,32 @@ def resize_runs(
         raise AdapterError(f"internal: {len(runs)} placeholder runs but {len(new_lengths)} pooled lengths")
     batch, length = input_ids.shape
     device = input_ids.device
-    per_row: list[list[torch.Tensor]] = [[] for _ in range(batch)]
-    cursor = [0] * batch
+    spans = _check_drop_spans(drop, batch, length)
+    items: list[list[tuple]] = [[(start, stop, None) for start, stop in row_spans] for row_spans in spans]
     token_of_run = {}
     for run, new in zip(runs, new_lengths):
+        inside = any(start <= run.start and run.start + run.length <= stop for start, stop in spans[run.row])
+        if inside:
+            if new != 0:
+                raise AdapterError(f"internal: a run inside a deleted span was given {new} tokens")
+            continue
+        if any(start < run.start + run.length and run.start < stop for start, stop in spans[run.row]):
+            raise AdapterError(f"internal: a deleted span cuts the placeholder run at row {run.row}, {run.start}")
         if new < 1:
             raise AdapterError(f"pooling left {new} tokens for a video; every video must keep at least one token")
-        b = run.row
-        per_row[b].append(torch.arange(cursor[b], run.start, device=device))
-        if new > run.length:
-            per_row[b].append(torch.full((new - run.length,), INSERTED, device=device))
-        per_row[b].append(torch.arange(run.start + max(0, run.length - new), run.start + run.length, device=device))
-        cursor[b] = run.start + run.length
-        token_of_run[b] = int(input_ids[b, run.start])
+        items[run.row].append((run.start, run.start + run.length, new))
+        token_of_run[run.row] = int(input_ids[run.row, run.start])
+    per_row: list[list[torch.Tensor]] = [[] for _ in range(batch)]
+    cursor = [0] * batch
+    for b in range(batch):
+        for start, stop, new in sorted(items[b], key=lambda item: item[0]):
+            per_row[b].append(torch.arange(cursor[b], start, device=device))
+            if new is not None:  # a run: keep its last positions, insert placeholders in front when it grows
+                old = stop - start
+                if new > old:
+                    per_row[b].append(torch.full((new - old,), INSERTED, device=device))
+                per_row[b].append(torch.arange(start + max(0, old - new), stop, device=device))
+            cursor[b] = stop
     side = padding_side(attention_mask)
     rows = []
     for b in range(batch):
@@ -124,6 +140,56 @@ def resize_runs(
         new_to_caller=new_to_caller,
         extra={name: _gather(t, new_to_caller, pad, ins) for name, (t, pad, ins) in (extra or {}).items()},
     )
+
+
+def merged_frame_blocks(
+    runs: list[Run], sources: list[tuple[int, ...]], counts: list[int], blocks: list[tuple[int | None, int]]
+) -> tuple[list[int], list[tuple[int, int, int]]]:
+    """Layout of a one-block-per-frame video (Qwen3-VL) after pooling merged or dropped frames.
+
+    runs: the video's placeholder run of each input frame; sources: the input frames each pooled frame draws on;
+    counts: tokens per pooled frame; blocks: the caller span (start, stop) of each input frame's block, timestamp
+    text and markers included; start None where it cannot be told (see patches/qwen_vl.py).
+    A pooled frame takes the block of its FIRST source frame (that frame's timestamp, markers and ids); the
+    blocks of frames that are nobody's first source are deleted. Returns (new length per run, deleted spans).
+    """
+    firsts = [min(src) if src else None for src in sources]
+    if None in firsts or any(a >= b for a, b in zip(firsts, firsts[1:])):
+        raise AdapterError(
+            f"pooled frames draw on input frames {[list(s) for s in sources]}; on a model with one block per frame "
+            "each pooled frame takes the block of its first input frame, so those must be distinct and ascending"
+        )
+    kept = dict(zip(firsts, counts))
+    lengths, drop = [], []
+    for frame, run in enumerate(runs):
+        lengths.append(kept.get(frame, 0))
+        if frame in kept:
+            continue
+        start, stop = blocks[frame]
+        if start is None:
+            raise AdapterError(
+                f"pooling drops frame {frame} of a video whose block text start cannot be found (the timestamp text "
+                "before the first <|vision_start|> runs into the prompt); keep the first frame (e.g. select_frames "
+                "with more segments, or temporal/adaptive pooling, which always start at frame 0), or pass input_ids "
+                "as the processor writes them (an outer <|vision_start|> ... <|vision_end|> around the blocks)"
+            )
+        drop.append((run.row, start, stop))
+    return lengths, drop
+
+
+def _check_drop_spans(drop, batch: int, length: int) -> list[list[tuple[int, int]]]:
+    spans: list[list[tuple[int, int]]] = [[] for _ in range(batch)]
+    for row, start, stop in drop:
+        if not (0 <= row < batch and 0 <= start < stop <= length):
+            raise AdapterError(
+                f"internal: deleted span {(row, start, stop)} lies outside the ({batch}, {length}) input"
+            )
+        spans[row].append((int(start), int(stop)))
+    for row_spans in spans:
+        row_spans.sort()
+        if any(a[1] > b[0] for a, b in zip(row_spans, row_spans[1:])):
+            raise AdapterError(f"internal: deleted spans {row_spans} overlap")
+    return spans
 
 
 def _gather(values: torch.Tensor, index: torch.Tensor, pad_fill, inserted_fill) -> torch.Tensor:

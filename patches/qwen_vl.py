@@ -8,8 +8,14 @@
   maximum, so decode steps get exactly the ids a stock run would give them. Other calls get the stock function.
 - `video_grid_thw` is rewritten to the pooled grid when every frame has one size, and otherwise to a flat
   (1, 2, 2n) grid that only carries the token count (the adapter, not the grid, gives positions then).
-- Qwen3-VL puts every temporal patch in its own block with timestamp text; pooling that merges frames would
-  have to rewrite that text, so only stages that keep the frame count are accepted there (refused otherwise).
+- Qwen3-VL puts every temporal patch in its own block: `<t seconds><|vision_start|> tokens <|vision_end|>`
+  (the processor wraps all blocks of a video in one more `<|vision_start|> ... <|vision_end|>`). When pooling
+  merges frames (temporal, adaptive3d, conv3d with a temporal window > 1) or drops them (select_frames), each
+  pooled frame takes the block of its FIRST input frame: that frame's timestamp text, markers and stock ids;
+  the blocks of the other input frames, timestamp text included, are deleted. Timestamps are kept, never
+  re-rendered, so a merged frame reads as its window's start time. Pooled tokens sit at the kept block's
+  start (t) plus their window centre (h, w), as Qwen3-VL places an unpooled frame. DeepStack features are
+  pooled exactly like the main features.
 """
 
 from __future__ import annotations
@@ -69,6 +75,44 @@ def encode(model, encoder_kwargs, run_lengths, adapter_config):
             )
         )
     return segments, output
+
+
+def frame_blocks(model, row_ids, runs) -> list[tuple[int | None, int]]:
+    """Caller span (start, stop) of each Qwen3-VL frame block: timestamp text through `<|vision_end|>`.
+
+    The first block's text starts after the outer `<|vision_start|>` the processor puts around a video; without
+    one (hand-built prompts) its start is unknown (None), so only pooling that keeps the first frame works there.
+    """
+    config = model.config
+    start_id, end_id = config.vision_start_token_id, config.vision_end_token_id
+    ids = row_ids.tolist()
+    blocks, previous_end = [], None
+    for frame, run in enumerate(runs):
+        end = run.start + run.length
+        opener = ids[run.start - 1] if run.start > 0 else None
+        if opener != start_id or end >= len(ids) or ids[end] != end_id:
+            raise AdapterError(
+                f"frame {frame} of a Qwen3-VL video is not wrapped as <|vision_start|> tokens <|vision_end|>, so "
+                "pooling that merges frames cannot rewrite its block; pass input_ids as the processor writes them"
+            )
+        if previous_end is None:
+            start = None
+            for k in range(run.start - 2, -1, -1):  # back over the timestamp text to the video's outer opener
+                if ids[k] == start_id:
+                    start = k + 1
+                    break
+                if ids[k] == end_id:
+                    break
+        else:
+            start = previous_end + 1
+            if any(t in (start_id, end_id) for t in ids[start : run.start - 1]):
+                raise AdapterError(
+                    f"the text between frames {frame - 1} and {frame} of a Qwen3-VL video holds vision markers; "
+                    "pooling that merges frames deletes that text, so pass input_ids as the processor writes them"
+                )
+        blocks.append((start, end + 1))
+        previous_end = end
+    return blocks
 
 
 def pack(template, features, side_features=()):
@@ -154,6 +198,8 @@ def finish(handle, ctx) -> None:
         ids = mrope_positions(0.0, t_rel, height, width, handle.config.pooling, guide).to(positions.device)
         offset = 0
         for run, count in zip(runs, lengths):
+            if count == 0:  # the block of a frame pooled into an earlier one: deleted
+                continue
             base = start if seg.runs == 1 else stock[1, row, run.start].double()
             end = int(rewritten.caller_to_new[row, run.start + run.length - 1]) + 1  # runs stay right-aligned
             positions[:, row, end - count : end] = ids[:, offset : offset + count] + base
@@ -212,4 +258,5 @@ def _family(model_type: str):
         install=install,
         finish=finish,
         release=release,
+        frame_blocks=frame_blocks if model_type == "qwen3_vl" else None,
     )

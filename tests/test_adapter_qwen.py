@@ -174,11 +174,152 @@ def test_pooled_run_equals_hand_built_reference(model_type, model, pooling):
     torch.testing.assert_close(adapted[0, caller], ref[0, text], rtol=1e-5, atol=1e-5)
 
 
-def test_decode_positions_equal_stock_and_no_state_leaks(model_type, model):
+MERGING = {  # pooling that changes the frame count of a 4-frame (4 temporal patches) video: sources, strides
+    "temporal": (TEMPORAL, [(0, 1), (2, 3)], [1, 1]),
+    "temporal_overlap": ({"type": "temporal", "kernel": 3, "stride": 2}, [(0, 1, 2), (2, 3)], [1, 1]),
+    "adaptive3d": ({"type": "adaptive3d", "output": [3, 2, 2]}, [(0, 1), (1, 2), (2, 3)], [2, 2, 2]),
+    "conv3d": ({"type": "conv3d", "kernel": [2, 2, 2]}, [(0, 1), (2, 3)], [2, 2]),
+    "temporal_then_progressive": ([TEMPORAL, PROGRESSIVE], [(0, 1), (2, 3)], [1, 2]),
+}
+
+
+def _naive_merged_reference(stock, ids, types, config, sources, strides, frames, height, width, per_block):
+    """Layout and M-RoPE ids after merging frames, by a plain scan of the caller's tokens.
+
+    Qwen2/2.5-VL: one run shrinks; a pooled frame's t is the mean of its frames' stock t. Qwen3-VL: pooled frame j
+    keeps the block (timestamp, markers, stock ids) of its first frame; every other block is deleted.
+    """
+    video, opener, closer = config.video_token_id, config.vision_start_token_id, config.vision_end_token_id
+    runs, i = [], 0
+    while i < len(ids):
+        if ids[i] == video:
+            j = i
+            while j < len(ids) and ids[j] == video:
+                j += 1
+            runs.append((i, j))
+            i = j
+        else:
+            i += 1
+    frame_first = [r[0] for r in runs] if per_block else [runs[0][0] + f * height * width for f in range(frames)]
+    deleted = set()
+    if per_block:
+        kept = {src[0] for src in sources}
+        for f, (start, stop) in enumerate(runs):
+            if f in kept:
+                continue
+            begin = runs[f - 1][1] + 1 if f else max(k for k in range(start - 1) if ids[k] == opener) + 1
+            assert ids[stop] == closer
+            deleted |= set(range(begin, stop + 1))
+    counts = [(-(-height // s)) * (-(-width // s)) for s in strides]
+    firsts = {runs[src[0]][0]: j for j, src in enumerate(sources)} if per_block else {runs[0][0]: None}
+    new_ids, new_types, keep, frame_of = [], [], [], []
+    i = 0
+    while i < len(ids):
+        if i in deleted:
+            i += 1
+        elif ids[i] == video:
+            j_out = firsts.get(i)
+            outs = range(len(sources)) if j_out is None else [j_out]
+            for j in outs:
+                new_ids += [video] * counts[j]
+                new_types += [2] * counts[j]
+                keep += [None] * counts[j]
+                frame_of += [j] * counts[j]
+            while i < len(ids) and ids[i] == video:
+                i += 1
+        else:
+            new_ids.append(ids[i])
+            new_types.append(types[i])
+            keep.append(i)
+            i += 1
+    visual = []
+    for src, s in zip(sources, strides):
+        first = frame_first[src[0]]
+        start = float(stock[1, 0, first])
+        t_val = start if per_block else sum(float(stock[0, 0, frame_first[f]]) for f in src) / len(src)
+        for a in range(-(-height // s)):
+            for b in range(-(-width // s)):
+                rows = range(a * s, min((a + 1) * s, height))
+                cols = range(b * s, min((b + 1) * s, width))
+                visual.append((t_val, start + sum(rows) / len(rows), start + sum(cols) / len(cols)))
+    positions = torch.zeros(3, len(new_ids), dtype=torch.float64)
+    text = [k for k, src in enumerate(keep) if src is not None]
+    positions[:, text] = stock[:, 0, [keep[k] for k in text]].double()
+    positions[:, [k for k, src in enumerate(keep) if src is None]] = torch.tensor(visual, dtype=torch.float64).T
+    return new_ids, new_types, keep, positions, sorted(deleted)
+
+
+@pytest.mark.parametrize("case", sorted(MERGING))
+def test_merged_frames_equal_hand_built_reference(model_type, model, case):
+    """Pooling that merges frames: Qwen3-VL keeps each pooled frame's first block and deletes the others' text,
+    with and without the processor's outer <|vision_start|> pair (frame 0 always starts a window)."""
+    for outer in (True, False) if model_type == "qwen3_vl" else (True,):
+        _check_merged_frames(model_type, model, *MERGING[case], outer_markers=outer)
+
+
+def _check_merged_frames(model_type, model, pooling, sources, strides, outer_markers):
+    inputs = qwen_hand_inputs(model_type, 8, seed=11, outer_markers=outer_markers)
+    stages = normalize_pooling(pooling)
+    extra = {"second_per_grid_ts": inputs["second_per_grid_ts"]} if "second_per_grid_ts" in inputs else {}
+    stock_ids, _ = model.model.get_rope_index(
+        inputs["input_ids"], inputs["mm_token_type_ids"], video_grid_thw=inputs["video_grid_thw"], **extra
+    )
+    enc = model.model.get_video_features(inputs["pixel_values_videos"], inputs["video_grid_thw"])
+    t, h, w = (int(x) for x in inputs["video_grid_thw"][0])
+    height, width = h // 2, w // 2
+    pooled = pool_video(enc.pooler_output[0].reshape(t, height, width, -1), stages)
+    assert [a * b for a, b in pooled.sizes] == [(-(-height // s)) * (-(-width // s)) for s in strides]
+    deep = [
+        pool_video(d[0].reshape(t, height, width, -1), stages).flatten()
+        for d in (getattr(enc, "deepstack_features", None) or [])
+    ]
+    per_block = model_type == "qwen3_vl"
+    new_ids, new_types, keep, positions, deleted = _naive_merged_reference(
+        stock_ids,
+        inputs["input_ids"][0].tolist(),
+        inputs["mm_token_type_ids"][0].tolist(),
+        model.config,
+        sources,
+        strides,
+        t,
+        height,
+        width,
+        per_block,
+    )
+    if per_block:  # the blocks of frames that are no pooled frame's first, timestamp words included, are gone
+        merged_away = t - len({src[0] for src in sources})
+        assert len(deleted) == merged_away * (2 + 1 + height * width + 1)
+    ref_inputs = {
+        "input_ids": torch.tensor([new_ids]),
+        "mm_token_type_ids": torch.tensor([new_types], dtype=torch.int32),
+        "attention_mask": torch.ones(1, len(new_ids), dtype=torch.long),
+        "position_ids": positions[:, None].float(),
+    }
+    output = BaseModelOutputWithPooling(pooler_output=(pooled.flatten(),))
+    if deep:
+        output.deepstack_features = [(d,) for d in deep]
+    with torch.no_grad():
+        ref = model(**ref_inputs, mm_encoder_outputs={"video": output}).logits
+        with apply_adapter(model, pooling=pooling) as handle, DecoderInputs(model) as seen:
+            adapted = model(**inputs).logits
+    assert handle.last_stats[0]["tokens_after"] == pooled.num_tokens
+    assert seen.calls[-1]["inputs_embeds"].shape[1] == len(new_ids)
+    torch.testing.assert_close(seen.calls[-1]["position_ids"].double(), positions[:, None], rtol=0, atol=1e-6)
+    if deep:
+        assert all(torch.equal(a, b) for a, b in zip(seen.calls[-1]["deepstack"], deep))
+    text = [k for k, src in enumerate(keep) if src is not None]
+    caller = torch.tensor([keep[k] for k in text])
+    torch.testing.assert_close(adapted[0, caller], ref[0, text], rtol=1e-5, atol=1e-5)
+    if deleted:
+        assert not adapted[0, deleted].any()  # deleted caller positions have no logits (zeros)
+
+
+@pytest.mark.parametrize("pooling", [PROGRESSIVE, TEMPORAL])
+def test_decode_positions_equal_stock_and_no_state_leaks(model_type, model, pooling):
     inputs = qwen_hand_inputs(model_type, 4, batch=2, seed=4)
     with DecoderInputs(model) as stock_seen:
         model.generate(**inputs, max_new_tokens=3, do_sample=False)
-    with apply_adapter(model, pooling=PROGRESSIVE), DecoderInputs(model) as seen:
+    with apply_adapter(model, pooling=pooling), DecoderInputs(model) as seen:
         model.generate(**inputs, max_new_tokens=3, do_sample=False)
     # decode steps get exactly the M-RoPE ids a stock run gives them (row 0 of 4, the text index used for masks,
     # counts the shorter adapted sequence)
@@ -189,13 +330,14 @@ def test_decode_positions_equal_stock_and_no_state_leaks(model_type, model):
         assert torch.equal(a.double(), b.double())
 
 
-def test_batch_and_successive_calls_match_separate_calls(model_type, model):
-    inputs = qwen_hand_inputs(model_type, 4, batch=2, frame_counts=[2, 4], seed=5)
+@pytest.mark.parametrize("pooling", [PROGRESSIVE, [TEMPORAL, PROGRESSIVE]])
+def test_batch_and_successive_calls_match_separate_calls(model_type, model, pooling):
+    inputs = qwen_hand_inputs(model_type, 4, batch=2, frame_counts=[4, 8], seed=5)
     singles = []
-    with apply_adapter(model, pooling=PROGRESSIVE):
+    with apply_adapter(model, pooling=pooling):
         batched = model(**inputs).logits
         gen = model.generate(**inputs, max_new_tokens=3, do_sample=False)
-        for row, frames in enumerate([2, 4]):
+        for row, frames in enumerate([4, 8]):
             one = qwen_hand_inputs(model_type, frames, batch=1, frame_counts=[frames], seed=5)
             live = inputs["attention_mask"][row].bool()
             one["input_ids"] = inputs["input_ids"][row, live][None]
@@ -226,10 +368,13 @@ def test_bad_inputs_are_refused_and_model_unchanged(model_type, model):
         fewer_tokens = dict(inputs, video_grid_thw=inputs["video_grid_thw"] * torch.tensor([[1, 2, 1]]))
         with pytest.raises(AdapterError, match="video_grid_thw"):
             model(**fewer_tokens)
-    if model_type == "qwen3_vl":
+    if model_type == "qwen3_vl":  # merging frames deletes text: only the processor's block layout is accepted
+        stray = inputs["input_ids"].clone()
+        ends = (stray[0] == model.config.vision_end_token_id).nonzero().squeeze(1)
+        stray[0, ends[0]] = stray[0, 0]  # the first block loses its <|vision_end|>
         with apply_adapter(model, pooling=TEMPORAL):
-            with pytest.raises(AdapterError, match="frame count"):
-                model(**inputs)
+            with pytest.raises(AdapterError, match="not wrapped"):
+                model(**dict(inputs, input_ids=stray))
     assert torch.equal(model(**inputs).logits, stock)
 
 

@@ -22,9 +22,18 @@ def _build(model_type):
 @pytest.mark.parametrize("model_type", ["llava_onevision", *QWEN_TINY_TYPES])
 @pytest.mark.parametrize("scope", ["all", "visual"])
 def test_continue_from_cache_equals_single_generate(model_type, scope):
+    _check_continuation(model_type, scope, POOLING)
+
+
+def test_qwen3_merged_frames_continue_from_cache():
+    """Merging frames deletes Qwen3-VL blocks of text: the cache still lines up with the caller's sequences."""
+    _check_continuation("qwen3_vl", "visual", [{"type": "temporal", "kernel": 2, "stride": 2}, POOLING])
+
+
+def _check_continuation(model_type, scope, pooling):
     model, inputs = _build(model_type)
     rope = {"type": "yarn", "visual_window": 4, "scope": scope}
-    with apply_adapter(model, pooling=POOLING, rope=rope):
+    with apply_adapter(model, pooling=pooling, rope=rope):
         first = model.generate(**inputs, max_new_tokens=3, do_sample=False, return_dict_in_generate=True)
         assert torch.equal(first.sequences[:, : inputs["input_ids"].shape[1]], inputs["input_ids"])
         more = torch.tensor([[7, 8, 9]] * 2)

@@ -230,3 +230,22 @@ def test_qwen_processor_inputs_run_stock_and_adapted(model_type):
             adapted = model(**inputs, logits_to_keep=1).logits
     assert handle.last_stats[0]["tokens_after"] < handle.last_stats[0]["tokens_before"]
     assert stock.shape == adapted.shape and torch.isfinite(adapted).all()
+    # merging the two temporal patches: on Qwen3-VL the second block (timestamp text through <|vision_end|>) goes
+    seen = []
+    hook = model.model.language_model.register_forward_pre_hook(
+        lambda m, a, kw: seen.append(kw["inputs_embeds"].shape[1]), with_kwargs=True
+    )
+    try:
+        with torch.inference_mode(), apply_adapter(model, pooling={"type": "temporal", "kernel": 2, "stride": 2}):
+            merged = model(**inputs, logits_to_keep=1).logits
+    finally:
+        hook.remove()
+    ids = inputs["input_ids"][0]
+    per_frame = int((ids == model.config.video_token_id).sum()) // 2
+    removed = per_frame  # one frame's tokens
+    if model_type == "qwen3_vl":
+        ends = (ids == model.config.vision_end_token_id).nonzero().squeeze(1).tolist()
+        assert len(ends) == 3  # two blocks and the processor's outer <|vision_end|>
+        removed = ends[1] - ends[0]  # "<1.2 seconds>", <|vision_start|>, tokens, <|vision_end|>
+        assert removed > per_frame + 2
+    assert seen == [ids.shape[0] - removed] and torch.isfinite(merged).all()

@@ -674,12 +674,43 @@ def test_qwen_selected_frames_keep_or_repack_their_temporal_ids(model_type, clip
         del clip_scorer.embed_pixels
 
 
-def test_qwen3_refuses_selection_and_takes_keyframes(clip_scorer):
+def test_qwen3_selection_deletes_unselected_blocks_and_takes_keyframes(clip_scorer):
+    """Qwen3-VL: one block per frame. Selection keeps the chosen frames' blocks (timestamp text, markers, stock ids)
+    and deletes the others; without the processor's outer <|vision_start|>, dropping frame 0 is refused."""
     model = qwen_tiny_model("qwen3_vl", seed=0)
-    inputs = qwen_hand_inputs("qwen3_vl", 8, seed=1)
-    with apply_adapter(model, pooling={"type": "select_frames", "segments": 2, "per_segment": 1}, scorer=clip_scorer):
-        with pytest.raises(AdapterError, match="own block"):
-            model(**inputs, question="red")
+    inputs = qwen_hand_inputs("qwen3_vl", 8, seed=1)  # 4 blocks: 2 timestamp words, <vs>, 16 tokens, <ve>
+    config = model.config
+    with PositionIds(model) as rec:
+        model(**inputs)
+    stock = rec.ids[0][:, 0]
+    ids = inputs["input_ids"][0]
+    video = (ids == config.video_token_id).nonzero().squeeze(1).reshape(4, 16)
+    stage = {"type": "select_frames", "segments": 2, "per_segment": 1}
+    scorer = _planted_scorer(clip_scorer, {8: (2, 3, 6, 7)})  # pixel frames 2-3 and 6-7 = temporal patches 1, 3
+    try:
+        with apply_adapter(model, pooling=stage, scorer=scorer) as handle, PositionIds(model) as rec:
+            logits = _logits(model, inputs, question="red ball")
+            assert handle.last_stats[0]["kept_frames"] == [1, 3]
+        got = rec.ids[0][:, 0]
+        # expected: the caller's tokens without blocks 0 and 2 (from each block's timestamp through <|vision_end|>)
+        dropped = set()
+        for f in (0, 2):
+            first, last = int(video[f, 0]), int(video[f, -1])
+            dropped |= set(range(first - 3, last + 2))
+        kept = [c for c in range(ids.shape[0]) if c not in dropped]
+        assert got.shape[-1] == len(kept)
+        assert torch.equal(got.long(), stock[:, kept])  # kept blocks: stock ids (unpooled frames)
+        assert not logits[0, sorted(dropped)].any() and logits[0, kept].abs().sum(-1).gt(0).all()
+        bare = qwen_hand_inputs("qwen3_vl", 8, seed=1, outer_markers=False)
+        with apply_adapter(model, pooling=stage, scorer=scorer):
+            with pytest.raises(AdapterError, match="keep the first frame"):
+                model(**bare, question="red ball")
+        scorer = _planted_scorer(clip_scorer, {8: (0, 1, 6, 7)})  # frame 0 kept: fine without outer markers
+        with apply_adapter(model, pooling=stage, scorer=scorer) as handle:
+            assert torch.isfinite(_logits(model, bare, question="red ball")).all()
+            assert handle.last_stats[0]["kept_frames"] == [0, 3]
+    finally:
+        del clip_scorer.embed_pixels
     stage = {"type": "progressive", "group": 2, "strides": [1, 2], "mode": "avg", "anchor": "score"}
     with apply_adapter(model, pooling=stage, scorer=clip_scorer) as handle:
         logits = _logits(model, inputs, question="red")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from longctx_adapter import AdapterError
@@ -54,9 +54,11 @@ def test_find_runs_other_token_and_none():
 # --- resize_runs: a naive per-row reference ------------------------------------------------------------------
 
 
-def naive_resize(ids, runs, new_lengths, mask=None, labels=None, pad_id=PAD):
+def naive_resize(ids, runs, new_lengths, mask=None, labels=None, pad_id=PAD, drop=()):
     """Row by row in Python: each run keeps its last positions (shrink) or gains inserted placeholders in front
-    (grow); rows are re-padded to one length on the caller's padding side; all-padding columns are dropped."""
+    (grow); positions in a deleted span vanish; rows are re-padded to one length on the caller's padding side;
+    all-padding columns are dropped."""
+    dropped = {(b, c) for b, start, stop in drop for c in range(start, stop)}
     ids_l = ids.tolist()
     mask_l = mask.tolist() if mask is not None else None
     labels_l = labels.tolist() if labels is not None else None
@@ -66,7 +68,9 @@ def naive_resize(ids, runs, new_lengths, mask=None, labels=None, pad_id=PAD):
     for b in range(batch):
         row, i = [], 0
         while i < length:
-            if (b, i) in by_start:
+            if (b, i) in dropped:
+                i += 1
+            elif (b, i) in by_start:
                 run, new = by_start[(b, i)]
                 if new > run.length:
                     row += [INSERTED] * (new - run.length)
@@ -98,7 +102,7 @@ def naive_resize(ids, runs, new_lengths, mask=None, labels=None, pad_id=PAD):
         c = layout[b][j]
         return pad if c == PADDED else inserted if c == INSERTED else values[b][c]
 
-    run_token = {r.row: ids_l[r.row][r.start] for r in runs}
+    run_token = {r.row: ids_l[r.row][r.start] for r in runs if (r.row, r.start) not in dropped}
     new_ids = [[pick(ids_l, b, j, pad_id, run_token.get(b)) for j in range(width)] for b in range(batch)]
     if mask is not None:
         new_mask = [[mask_at(b, j) for j in range(width)] for b in range(batch)]
@@ -117,15 +121,19 @@ def naive_resize(ids, runs, new_lengths, mask=None, labels=None, pad_id=PAD):
     return new_ids, new_mask, new_labels, layout, caller_to_new
 
 
-def _check(ids, runs, new_lengths, mask=None, labels=None, pad_id=PAD):
-    got = resize_runs(ids, runs, new_lengths, attention_mask=mask, labels=labels, pad_token_id=pad_id)
-    new_ids, new_mask, new_labels, layout, caller_to_new = naive_resize(ids, runs, new_lengths, mask, labels, pad_id)
+def _check(ids, runs, new_lengths, mask=None, labels=None, pad_id=PAD, drop=()):
+    got = resize_runs(ids, runs, new_lengths, attention_mask=mask, labels=labels, pad_token_id=pad_id, drop=drop)
+    new_ids, new_mask, new_labels, layout, caller_to_new = naive_resize(
+        ids, runs, new_lengths, mask, labels, pad_id, drop
+    )
     assert got.input_ids.tolist() == new_ids
     assert (got.attention_mask.tolist() if got.attention_mask is not None else None) == new_mask
     assert (got.labels.tolist() if got.labels is not None else None) == new_labels
     assert got.new_to_caller.tolist() == layout
     assert got.caller_to_new.tolist() == caller_to_new
     _check_inverse(got)
+    if drop:
+        return got
     # every run now has exactly its new length, in row-major order
     new_runs = find_runs(got.input_ids, TOKEN)
     assert [(r.row, r.length) for r in new_runs] == [(r.row, n) for r, n in zip(runs, new_lengths)]
@@ -278,6 +286,67 @@ def test_resize_runs_matches_naive_reference(data, pad_id):
                     assert int(got.attention_mask[b, j]) == 1
                     if labels is not None:
                         assert int(got.labels[b, j]) == int(labels[b, c])
+
+
+@st.composite
+def batches_with_deleted_spans(draw):
+    """batches() plus deleted spans: some runs go with up to 3 text tokens on each side (a Qwen3-VL block)."""
+    ids, mask, with_labels, new_lengths = draw(batches())
+    runs = find_runs(ids, TOKEN)
+    lengths, drop = list(new_lengths), []
+    for k, run in enumerate(runs):
+        if not draw(st.booleans()):
+            continue
+        row = ids[run.row].tolist()
+        start, stop = run.start, run.start + run.length
+        floor = drop[-1][2] if drop and drop[-1][0] == run.row else 0
+        for _ in range(draw(st.integers(0, 3))):  # text before, never another run, a span or padding
+            if start - 1 >= floor and row[start - 1] not in (TOKEN, PAD):
+                start -= 1
+        for _ in range(draw(st.integers(0, 3))):
+            if stop < len(row) and row[stop] not in (TOKEN, PAD):
+                stop += 1
+        drop.append((run.row, start, stop))
+        lengths[k] = 0
+    deleted = sum(stop - start for _, start, stop in drop)
+    assume(deleted < int((ids != PAD).sum()))  # something must stay (a kept block, the prompt)
+    return ids, mask, with_labels, lengths, drop
+
+
+@settings(max_examples=150, deadline=None)
+@given(batches_with_deleted_spans())
+def test_resize_runs_with_deleted_spans_matches_naive_reference(data):
+    ids, mask, with_labels, new_lengths, drop = data
+    labels = torch.where(ids == TOKEN, -100, ids * 2) if with_labels else None
+    got = _check(ids, find_runs(ids, TOKEN), new_lengths, mask=mask, labels=labels, drop=drop)
+    deleted = {(b, c) for b, start, stop in drop for c in range(start, stop)}
+    for b, start, stop in drop:  # deleted positions map nowhere; text just outside survives
+        assert (got.caller_to_new[b, start:stop] == PADDED).all()
+        for edge in (start - 1, stop):
+            if 0 <= edge < ids.shape[1] and (b, edge) not in deleted and int(ids[b, edge]) not in (TOKEN, PAD):
+                assert int(got.caller_to_new[b, edge]) >= 0
+
+
+def test_deleted_span_by_hand():
+    # text 10 11 | run(3) | 12 | run(2) | 13 ; delete "12 run(2)" -> the first run shrinks to 1, the second goes
+    ids = torch.tensor([[10, 11, TOKEN, TOKEN, TOKEN, 12, TOKEN, TOKEN, 13]])
+    got = resize_runs(ids, find_runs(ids, TOKEN), [1, 0], drop=[(0, 5, 8)])
+    assert got.input_ids.tolist() == [[10, 11, TOKEN, 13]]
+    assert got.new_to_caller.tolist() == [[0, 1, 4, 8]]
+    assert got.caller_to_new.tolist() == [[0, 1, -1, -1, 2, -1, -1, -1, 3]]
+
+
+def test_deleted_span_refusals():
+    ids = torch.tensor([[10, TOKEN, TOKEN, 12, TOKEN, 13]])
+    runs = find_runs(ids, TOKEN)
+    with pytest.raises(AdapterError, match="inside a deleted span"):
+        resize_runs(ids, runs, [1, 1], drop=[(0, 3, 5)])
+    with pytest.raises(AdapterError, match="cuts"):
+        resize_runs(ids, runs, [1, 1], drop=[(0, 2, 4)])
+    with pytest.raises(AdapterError, match="overlap"):
+        resize_runs(ids, runs, [1, 0], drop=[(0, 3, 5), (0, 4, 6)])
+    with pytest.raises(AdapterError, match="outside"):
+        resize_runs(ids, runs, [1, 0], drop=[(0, 3, 9)])
 
 
 # --- to_caller_layout ------------------------------------------------------------------------------------------
