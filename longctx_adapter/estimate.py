@@ -33,7 +33,7 @@ import math
 from functools import lru_cache
 
 from .errors import AdapterError
-from .pooling import count_tokens
+from .pooling import count_tokens, pooled_frame_sizes
 
 __all__ = ["estimate_memory", "max_frames", "param_bytes"]
 
@@ -332,7 +332,9 @@ def _qwen_vision(config, frames, stages, chunk, b, frame_size) -> dict:
     else:  # the encoder output (last_hidden_state, and the stock DeepStack features) stays referenced
         peak = chunk_peak
         kept = full_n * d * b + (0 if stages else full_n // (merge * merge) * out_h * b * deepstack)
-    extra_text = 5 * t if kind == "qwen3_vl" else 2  # vision start/end (+ 3 timestamp tokens) per block
+    # vision start/end (Qwen3-VL: + 3 timestamp tokens per block, and the outer pair); merging frames deletes blocks
+    blocks = len(pooled_frame_sizes(t, hp // merge, wp // merge, stages)) if stages else t
+    extra_text = 5 * blocks + 2 if kind == "qwen3_vl" else 2
     features = (tokens_before if stages is None else P) * out_h * b * (1 + deepstack)
     return {
         "tokens_before": tokens_before,

@@ -433,7 +433,8 @@ def video_inputs(
     """Hand-built inputs for one video, in the layout the stock processor produces (stock placeholder counts).
 
     Pixels are standard-normal in `dtype` (HF examples move processor outputs to the model dtype); text tokens are
-    random non-special ids below 1000. Qwen3-VL gets one vision block per frame pair with 3 timestamp tokens before each.
+    random non-special ids below 1000. Qwen3-VL gets one vision block per frame pair with 3 timestamp tokens before each, all inside one more
+    <|vision_start|> ... <|vision_end|> pair.
     """
     if isinstance(config, Mapping):
         raise AdapterError("video_inputs needs an HF config (or a model's .config)")
@@ -468,7 +469,7 @@ def video_inputs(
         block = []
         for _ in range(t):
             block += [words(3), torch.tensor([start]), torch.full((per_t,), video), torch.tensor([end])]
-        visual = torch.cat(block)
+        visual = torch.cat([torch.tensor([start]), *block, torch.tensor([end])])  # the processor's outer pair
     else:
         visual = torch.cat([torch.tensor([start]), torch.full((t * per_t,), video), torch.tensor([end])])
     ids = torch.cat([words(text_before), visual, words(text_after)])[None]

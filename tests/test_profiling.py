@@ -13,7 +13,7 @@ import math
 import pytest
 import torch
 
-from longctx_adapter import AdapterConfig, profile
+from longctx_adapter import AdapterConfig, apply_adapter, profile
 from longctx_adapter.cli import main as cli_main
 from longctx_adapter.errors import AdapterError
 from longctx_adapter.estimate import estimate_memory, max_frames, param_bytes
@@ -151,3 +151,26 @@ def test_estimator_vs_measured_truncated_onevision_7b():
     est_full = estimate_memory(full, 8, parse_config("progressive:2,8,4")[1], dtype="bf16", device="cpu")
     delta = est_full["prefill_peak_bytes"] - est["prefill_peak_bytes"]
     assert row["prefill_peak_bytes"] == row["prefill_peak_bytes_run"] + delta
+
+
+@pytest.mark.parametrize("model_type", ["qwen2_vl", "qwen3_vl"])
+def test_estimated_sequence_length_equals_the_adapted_call(model_type):
+    """The estimator's sequence length is what the decoder receives, Qwen3-VL's deleted blocks included."""
+    from longctx_adapter.tiny_qwen import qwen_tiny_model
+
+    model = qwen_tiny_model(model_type)
+    merge_then_progressive = [{"type": "temporal", "kernel": 3, "stride": 2}, {"type": "progressive", "group": 2, "strides": [1, 2]}]
+    seen = []
+    hook = model.model.language_model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["inputs_embeds"].shape[1]), with_kwargs=True
+    )
+    inputs = video_inputs(model.config, 8, frame_size=(32, 32), dtype=torch.float32)
+    try:
+        for pooling in (None, {"type": "temporal", "kernel": 2, "stride": 2}, merge_then_progressive):
+            with apply_adapter(model, pooling=pooling), torch.no_grad():
+                model(**inputs)
+            estimate = estimate_memory(model.config, 8, AdapterConfig(pooling=pooling), frame_size=(32, 32))
+            assert seen[-1] == estimate["seq_len"], pooling
+    finally:
+        hook.remove()
+    assert len(seen) == 3

@@ -716,3 +716,11 @@ def test_qwen3_selection_deletes_unselected_blocks_and_takes_keyframes(clip_scor
         logits = _logits(model, inputs, question="red")
         assert logits.shape[:2] == inputs["input_ids"].shape and torch.isfinite(logits).all()
         assert len(handle.last_stats[0]["anchors"]) == 2
+    # prompt-guided windows over two frames: each pair's first block stays, the second goes (2 of 4 blocks)
+    with apply_adapter(model, pooling={**PG, "kernel": [2, 2, 2], "stride": [2, 2, 2]}, scorer=clip_scorer) as handle:
+        with PositionIds(model) as rec:
+            logits = _logits(model, inputs, question="red")
+        assert handle.last_stats[0]["tokens_after"] == 2 * 4
+    block = 2 + 1 + 16 + 1  # timestamp words, <|vision_start|>, tokens, <|vision_end|>
+    assert rec.ids[0].shape[-1] == inputs["input_ids"].shape[1] - 2 * block - 2 * (16 - 4)
+    assert torch.isfinite(logits).all()
