@@ -95,86 +95,9 @@ def test_adapter_ids_equal_stock_get_rope_index_when_unpooled(model_type, model)
     assert model.model.rope_deltas is not None and torch.equal(model.model.rope_deltas, deltas)
 
 
-def _naive_visual_ids(stock, input_ids, video_token, strides, height, width, per_block):
-    """Window centres by naive loops for per-frame s x s average windows (independent of positions.py)."""
-    row = input_ids[0].tolist()
-    firsts = [m for m in range(len(row)) if row[m] == video_token and (m == 0 or row[m - 1] != video_token)]
-    ids = []
-    for f, s in enumerate(strides):
-        first = firsts[f] if per_block else firsts[0]
-        start = float(stock[1, 0, first])
-        t_val = start if per_block else float(stock[0, 0, first + f * height * width])
-        for a in range(-(-height // s)):
-            for b in range(-(-width // s)):
-                rows = range(a * s, min((a + 1) * s, height))
-                cols = range(b * s, min((b + 1) * s, width))
-                ids.append((t_val, start + sum(rows) / len(rows), start + sum(cols) / len(cols)))
-    return torch.tensor(ids, dtype=torch.float64).T
-
-
-@pytest.mark.parametrize("pooling", [PROGRESSIVE, SPATIAL])
-def test_pooled_run_equals_hand_built_reference(model_type, model, pooling):
-    """Stock model fed pooled features by hand (mm_encoder_outputs), shrunk ids and naive window-centre ids."""
-    inputs = qwen_hand_inputs(model_type, 4, seed=3)
-    stages = normalize_pooling(pooling)
-    extra = {"second_per_grid_ts": inputs["second_per_grid_ts"]} if "second_per_grid_ts" in inputs else {}
-    stock_ids, _ = model.model.get_rope_index(
-        inputs["input_ids"], inputs["mm_token_type_ids"], video_grid_thw=inputs["video_grid_thw"], **extra
-    )
-    enc = model.model.get_video_features(inputs["pixel_values_videos"], inputs["video_grid_thw"])
-    t, h, w = (int(x) for x in inputs["video_grid_thw"][0])
-    height, width = h // 2, w // 2
-    pooled = pool_video(enc.pooler_output[0].reshape(t, height, width, -1), stages)
-    deep = [
-        pool_video(d[0].reshape(t, height, width, -1), stages).flatten()
-        for d in (getattr(enc, "deepstack_features", None) or [])
-    ]
-    strides = [1 if (f % 2 == 0 and pooling is PROGRESSIVE) else 2 for f in range(t)]
-    per_block = model_type == "qwen3_vl"
-
-    # Hand-built shrunk layout: text kept; each video block (Qwen3: each frame block) gets its pooled count.
-    video = model.config.video_token_id
-    ids, types = inputs["input_ids"][0].tolist(), inputs["mm_token_type_ids"][0].tolist()
-    sizes = [a * b for a, b in pooled.sizes]
-    counts = iter(sizes if per_block else [sum(sizes)])
-    new_ids, new_types, keep, i = [], [], [], 0
-    while i < len(ids):
-        if ids[i] == video:
-            while i < len(ids) and ids[i] == video:
-                i += 1
-            n = next(counts)
-            new_ids, new_types, keep = new_ids + [video] * n, new_types + [2] * n, keep + [None] * n
-        else:
-            new_ids.append(ids[i])
-            new_types.append(types[i])
-            keep.append(i)
-            i += 1
-    positions = torch.zeros(3, len(new_ids), dtype=torch.float64)
-    text = [k for k, src in enumerate(keep) if src is not None]
-    positions[:, text] = stock_ids[:, 0, [keep[k] for k in text]].double()
-    vis = [k for k, src in enumerate(keep) if src is None]
-    positions[:, vis] = _naive_visual_ids(stock_ids, inputs["input_ids"], video, strides, height, width, per_block)
-    ref_inputs = {
-        "input_ids": torch.tensor([new_ids]),
-        "mm_token_type_ids": torch.tensor([new_types], dtype=torch.int32),
-        "attention_mask": torch.ones(1, len(new_ids), dtype=torch.long),
-        "position_ids": positions[:, None].float(),
-    }
-    output = BaseModelOutputWithPooling(pooler_output=(pooled.flatten(),))
-    if deep:
-        output.deepstack_features = [(d,) for d in deep]
-    with torch.no_grad():
-        ref = model(**ref_inputs, mm_encoder_outputs={"video": output}).logits
-        with apply_adapter(model, pooling=pooling), DecoderInputs(model) as seen:
-            adapted = model(**inputs).logits
-    torch.testing.assert_close(seen.calls[-1]["position_ids"].double(), positions[:, None], rtol=0, atol=1e-6)
-    if deep:
-        assert all(torch.equal(a, b) for a, b in zip(seen.calls[-1]["deepstack"], deep))
-    caller = torch.tensor([keep[k] for k in text])
-    torch.testing.assert_close(adapted[0, caller], ref[0, text], rtol=1e-5, atol=1e-5)
-
-
-MERGING = {  # pooling that changes the frame count of a 4-frame (4 temporal patches) video: sources, strides
+POOLED = {  # pooling of a 4-frame (4 temporal patches of 4x4) video: input frames of each pooled frame, strides
+    "progressive": (PROGRESSIVE, [(0,), (1,), (2,), (3,)], [1, 2, 1, 2]),
+    "spatial": (SPATIAL, [(0,), (1,), (2,), (3,)], [2, 2, 2, 2]),
     "temporal": (TEMPORAL, [(0, 1), (2, 3)], [1, 1]),
     "temporal_overlap": ({"type": "temporal", "kernel": 3, "stride": 2}, [(0, 1, 2), (2, 3)], [1, 1]),
     "adaptive3d": ({"type": "adaptive3d", "output": [3, 2, 2]}, [(0, 1), (1, 2), (2, 3)], [2, 2, 2]),
@@ -183,11 +106,12 @@ MERGING = {  # pooling that changes the frame count of a 4-frame (4 temporal pat
 }
 
 
-def _naive_merged_reference(stock, ids, types, config, sources, strides, frames, height, width, per_block):
-    """Layout and M-RoPE ids after merging frames, by a plain scan of the caller's tokens.
+def _naive_reference(stock, ids, types, config, sources, strides, frames, height, width, per_block):
+    """Layout and M-RoPE ids after pooling (s x s average windows per pooled frame), by a plain scan of the tokens.
 
-    Qwen2/2.5-VL: one run shrinks; a pooled frame's t is the mean of its frames' stock t. Qwen3-VL: pooled frame j
-    keeps the block (timestamp, markers, stock ids) of its first frame; every other block is deleted.
+    Text keeps its stock ids; a pooled token gets its window centre. Qwen2/2.5-VL: the one run shrinks; a pooled
+    frame's t is the mean of its frames' stock t. Qwen3-VL: pooled frame j keeps the block (timestamp, markers,
+    stock ids) of its first frame, its tokens' t is that block's start; every other block is deleted.
     """
     video, opener, closer = config.video_token_id, config.vision_start_token_id, config.vision_end_token_id
     runs, i = [], 0
@@ -249,15 +173,17 @@ def _naive_merged_reference(stock, ids, types, config, sources, strides, frames,
     return new_ids, new_types, keep, positions, sorted(deleted)
 
 
-@pytest.mark.parametrize("case", sorted(MERGING))
-def test_merged_frames_equal_hand_built_reference(model_type, model, case):
-    """Pooling that merges frames: Qwen3-VL keeps each pooled frame's first block and deletes the others' text,
-    with and without the processor's outer <|vision_start|> pair (frame 0 always starts a window)."""
+@pytest.mark.parametrize("case", sorted(POOLED))
+def test_pooled_run_equals_hand_built_reference(model_type, model, case):
+    """Stock model fed pooled features by hand (mm_encoder_outputs), a hand-shrunk layout and naive-loop ids.
+
+    Pooling that merges frames: Qwen3-VL keeps each pooled frame's first block and deletes the others' text, with
+    and without the processor's outer <|vision_start|> pair (frame 0 always starts a window)."""
     for outer in (True, False) if model_type == "qwen3_vl" else (True,):
-        _check_merged_frames(model_type, model, *MERGING[case], outer_markers=outer)
+        _check_pooled(model_type, model, *POOLED[case], outer_markers=outer)
 
 
-def _check_merged_frames(model_type, model, pooling, sources, strides, outer_markers):
+def _check_pooled(model_type, model, pooling, sources, strides, outer_markers):
     inputs = qwen_hand_inputs(model_type, 8, seed=11, outer_markers=outer_markers)
     stages = normalize_pooling(pooling)
     extra = {"second_per_grid_ts": inputs["second_per_grid_ts"]} if "second_per_grid_ts" in inputs else {}
@@ -274,7 +200,7 @@ def _check_merged_frames(model_type, model, pooling, sources, strides, outer_mar
         for d in (getattr(enc, "deepstack_features", None) or [])
     ]
     per_block = model_type == "qwen3_vl"
-    new_ids, new_types, keep, positions, deleted = _naive_merged_reference(
+    new_ids, new_types, keep, positions, deleted = _naive_reference(
         stock_ids,
         inputs["input_ids"][0].tolist(),
         inputs["mm_token_type_ids"][0].tolist(),
