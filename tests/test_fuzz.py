@@ -310,14 +310,19 @@ def _check_result(model, model_type, handle, inputs, frame_counts, logits, out, 
     return stats
 
 
-@settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    derandomize=SEED == 0,
-    database=None,
-    suppress_health_check=list(HealthCheck),
-    print_blob=True,
-)
+def fuzz_settings(examples: int):
+    """Bounded and derandomized unless FUZZ_SEED asks for other examples; shared with test_fuzz_qwen.py."""
+    return settings(
+        max_examples=examples,
+        deadline=None,
+        derandomize=SEED == 0,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+        print_blob=True,
+    )
+
+
+@fuzz_settings(EXAMPLES)
 @seed(SEED)
 @given(case=cases())
 def test_hostile_inputs_either_work_or_raise_adapter_error(case):

@@ -13,16 +13,15 @@ import os
 from functools import cache
 
 import torch
-from hypothesis import HealthCheck, event, given, seed, settings
+from hypothesis import event, given, seed
 from hypothesis import strategies as st
-from test_fuzz import POOLING, ROPE, _pristine
+from test_fuzz import POOLING, ROPE, SEED, _pristine, fuzz_settings
 
 from longctx_adapter import AdapterConfig, AdapterError, apply_adapter
 from longctx_adapter.pooling import count_tokens, pooled_frame_sizes
 from longctx_adapter.tiny_qwen import QWEN_TINY_TYPES, qwen_hand_inputs, qwen_tiny_model
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "120"))
-SEED = int(os.environ.get("FUZZ_SEED", "0"))
 BREAKS = ("none",) * 6 + ("grid", "no_types")
 
 
@@ -67,14 +66,7 @@ def cases(draw):
     return model_type, frame_counts, patch_grid, outer, broken, config, draw(st.booleans())
 
 
-@settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    derandomize=SEED == 0,
-    database=None,
-    suppress_health_check=list(HealthCheck),
-    print_blob=True,
-)
+@fuzz_settings(EXAMPLES)
 @seed(SEED)
 @given(case=cases())
 def test_qwen_hostile_inputs_either_work_or_raise_adapter_error(case):
