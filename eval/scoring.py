@@ -5,8 +5,9 @@ Likelihood: for each option the prompt's inputs get the option's tokens appended
 ``logits_to_keep = len(option) + 1`` returns the logits of the last positions, and the option's score is the sum
 (or mean) of ``log_softmax`` at its tokens. An adapted model returns logits in the caller's layout (the text
 positions after the video keep their index even when pooling shortened the sequence), so the same slicing serves
-stock and adapted models. Each option costs one forward with the video (the KV cache of the prompt is not shared
-between options: simple, and exact for every family and adapter config).
+stock and adapted models. By default the prompt (video included) is prefilled once and every option runs on its
+KV cache, which is trimmed back after each option; ``share_prompt=False`` runs one full forward per option instead
+(the plain definition; both agree to float rounding).
 
 Generation: greedy ``generate``, the answer part decoded, then :func:`match_option` maps the text to an option
 (a leading letter ``"B"``, ``"(B)"``, ``"B."``, ``"Answer: B"``, or the option's text).
@@ -52,27 +53,79 @@ def _extend(inputs: dict, ids: Sequence[int], device) -> dict:
 
 
 @torch.inference_mode()
-def option_logprobs(model, inputs: dict, continuations: Sequence[Sequence[int]]) -> list[dict]:
+def option_logprobs(model, inputs: dict, continuations: Sequence[Sequence[int]], share_prompt: bool = True) -> list[dict]:
     """Per continuation: ``sum``/``mean`` log-prob of its tokens given the prompt, token count, and ``greedy``
-    (every token is the argmax)."""
+    (every token is the argmax).
+
+    share_prompt: encode the video and prefill the prompt once, then run each option's tokens on that KV cache,
+    trimming it back after each (K options: one video prefill instead of K). False gives one full forward per
+    option; both agree to float rounding (tested).
+    """
+    if inputs["input_ids"].shape[0] != 1:
+        raise AdapterError("option scoring takes one prompt (batch 1) at a time")
+    mask = inputs.get("attention_mask")
+    if share_prompt and (mask is None or bool(mask.all())):  # a padded prompt takes the plain path
+        return _shared_prompt_logprobs(model, inputs, continuations)
     device = inputs["input_ids"].device
     results = []
     for ids in continuations:
         n = len(ids)
         call = _extend(inputs, ids, device)
         out = model(**call, logits_to_keep=n + 1, use_cache=False)
-        logits = out.logits[0, -(n + 1) : -1].float()  # positions predicting each continuation token
-        logp = torch.log_softmax(logits, dim=-1)
-        target = torch.tensor(list(ids), device=logp.device)
-        token_lp = logp.gather(-1, target[:, None])[:, 0]
-        results.append(
-            {
-                "sum": float(token_lp.sum()),
-                "mean": float(token_lp.mean()),
-                "tokens": n,
-                "greedy": bool((logp.argmax(-1) == target).all()),
-            }
-        )
+        results.append(_token_scores(out.logits[0, -(n + 1) : -1], ids))
+    return results
+
+
+def _token_scores(logits: torch.Tensor, ids: Sequence[int]) -> dict:
+    """Scores of `ids` from the logits of the positions that predict them, (len(ids), vocab)."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    target = torch.tensor(list(ids), device=logp.device)
+    token_lp = logp.gather(-1, target[:, None])[:, 0]
+    return {
+        "sum": float(token_lp.sum()),
+        "mean": float(token_lp.mean()),
+        "tokens": len(ids),
+        "greedy": bool((logp.argmax(-1) == target).all()),
+    }
+
+
+def _mrope_positions(model, inputs: dict, ids: Sequence[int], device):
+    """Qwen-VL: the M-RoPE ids of `ids` appended to the prompt, as one forward on the whole text gives them.
+
+    Stock transformers 5.x decodes from the prompt's largest id + 1, which is not where its own rule puts text
+    after a long video, so the cached path takes the ids from get_rope_index on the extended prompt. None elsewhere
+    (1-D RoPE follows the cache length).
+    """
+    rope_index = getattr(getattr(model, "model", None), "get_rope_index", None)
+    if rope_index is None or inputs.get("mm_token_type_ids") is None:
+        return None
+    extended = _extend(inputs, ids, device)
+    keys = ("mm_token_type_ids", "attention_mask", "image_grid_thw", "video_grid_thw", "second_per_grid_ts")
+    positions, _ = rope_index(extended["input_ids"], **{k: extended[k] for k in keys if extended.get(k) is not None})
+    return positions[..., -len(ids) :]
+
+
+def _shared_prompt_logprobs(model, inputs: dict, continuations: Sequence[Sequence[int]]) -> list[dict]:
+    out = model(**inputs, logits_to_keep=1, use_cache=True)
+    cache = getattr(out, "cache", None)
+    if cache is None:
+        cache = getattr(out, "past_key_values", None)
+    last = out.logits[0, -1:]  # predicts every option's first token
+    prompt = cache.get_seq_length()
+    device = inputs["input_ids"].device
+    results = []
+    for ids in continuations:
+        ids = list(ids)
+        logits = last
+        if len(ids) > 1:  # the option's own tokens predict its later tokens, on the prompt's cache
+            step = torch.tensor([ids[:-1]], dtype=inputs["input_ids"].dtype, device=device)
+            # no attention_mask: the prompt has no padding, and Qwen-VL's cached path would take positions from
+            # the whole mask instead of the new tokens' part
+            position_ids = _mrope_positions(model, inputs, ids[:-1], device)
+            more = model(input_ids=step, position_ids=position_ids, cache=cache, use_cache=True)
+            logits = torch.cat([last, more.logits[0].to(last.device)], dim=0)
+            cache.crop(-(cache.get_seq_length() - prompt))
+        results.append(_token_scores(logits, ids))
     return results
 
 

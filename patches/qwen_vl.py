@@ -4,8 +4,12 @@
 - Positions: `get_rope_index` is wrapped on this instance. For an adapted call it returns ids computed by the
   adapter: every text token keeps the id the stock model gives it for the *unpooled* input (transformers 5.x rule,
   including where text after a video starts), each pooled video token gets the centre of the window it averages
-  in the stock (t, h, w) frame (fractional where windows have even size), and `rope_deltas` continue from the stock
-  maximum, so decode steps get exactly the ids a stock run would give them. Other calls get the stock function.
+  in the stock (t, h, w) frame (fractional where windows have even size).
+- Decoding follows the same text rule: generated token k gets the id stock `get_rope_index` gives a k-th text
+  token appended to the prompt. Stock 5.24 `generate` already does (it carries position ids forward), but the
+  forward-with-cache path (manual decode loops) adds `rope_deltas` = largest id + 1 - length, which jumps past the
+  rule when a Qwen2/2.5-VL video has more temporal patches than merged rows/columns. So with any feature on, every
+  call through the wrapper returns rule-based deltas; with every feature off the stock function answers.
 - `video_grid_thw` is rewritten to the pooled grid when every frame has one size, and otherwise to a flat
   (1, 2, 2n) grid that only carries the token count (the adapter, not the grid, gives positions then).
 - Qwen3-VL puts every temporal patch in its own block: `<t seconds><|vision_start|> tokens <|vision_end|>`
@@ -20,6 +24,7 @@
 
 from __future__ import annotations
 
+import inspect
 import threading
 
 import torch
@@ -133,8 +138,10 @@ def install(handle) -> None:
     """Wrap get_rope_index on this instance so adapted calls get the adapter's ids (see module docstring)."""
     inner = handle.model.model
     original = inner.get_rope_index
+    signature = inspect.signature(original)
     state = _Positions()
     handle.family_state = state
+    convention = bool(handle.config.pooling) or handle.config.rope is not None  # all off: stock, bit for bit
 
     def get_rope_index(input_ids, *args, **kwargs):
         ids = state.ids
@@ -144,10 +151,38 @@ def install(handle) -> None:
             rows = input_ids.shape[0] // max(1, ids.shape[0])
             if rows > 1 and torch.equal(input_ids, ids.repeat_interleave(rows, dim=0)):  # beams / num_return
                 return state.positions.repeat_interleave(rows, dim=1), state.deltas.repeat_interleave(rows, dim=0)
-        return original(input_ids, *args, **kwargs)
+        if not convention or input_ids is None:
+            return original(input_ids, *args, **kwargs)
+        call = dict(signature.bind(input_ids, *args, **kwargs).arguments)
+        call.update(call.pop("kwargs", {}))
+        if call.get("mm_token_type_ids") is None:
+            return original(input_ids, *args, **kwargs)
+        positions, next_text = _stock_ids_and_next_text_id(original, call)
+        return positions, (next_text - _live(call["input_ids"], call.get("attention_mask")))[:, None]
 
     handle._patch_attr(inner, "get_rope_index", get_rope_index)
     handle.original_get_rope_index = original
+
+
+def _live(input_ids, mask) -> torch.Tensor:
+    return mask.sum(1) if mask is not None else torch.full((input_ids.shape[0],), input_ids.shape[1])
+
+
+def _stock_ids_and_next_text_id(original, call: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stock ids of an input, and the id the stock rule gives one more text token after it (per row).
+
+    transformers 5.x starts text after a Qwen2/2.5-VL video at max(h, w) past the video start, but its rope_deltas
+    continue from the largest id + 1, past that rule after a long video (see the module docstring). The rule's next
+    id comes from the stock function itself, asked about one more text token.
+    """
+    input_ids, types, mask = call["input_ids"], call["mm_token_type_ids"], call.get("attention_mask")
+    extended = dict(call)
+    extended["input_ids"] = torch.cat([input_ids, input_ids[:, -1:]], dim=1)
+    extended["mm_token_type_ids"] = torch.cat([types, torch.zeros_like(types[:, :1])], dim=1)
+    if mask is not None:
+        extended["attention_mask"] = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+    positions, _ = original(**extended)
+    return positions[..., :-1], positions[0, :, -1]
 
 
 def _pooled_grids(pooled_videos, merge: int) -> list[list[int]]:
@@ -177,11 +212,14 @@ def finish(handle, ctx) -> None:
     stock_kwargs = {
         k: call[k] for k in ("image_grid_thw", "video_grid_thw", "second_per_grid_ts") if call.get(k) is not None
     }
-    stock, stock_deltas = handle.original_get_rope_index(
-        call["input_ids"],
-        mm_token_type_ids=call["mm_token_type_ids"],
-        attention_mask=call.get("attention_mask"),
-        **stock_kwargs,
+    stock, next_text = _stock_ids_and_next_text_id(
+        handle.original_get_rope_index,
+        {
+            "input_ids": call["input_ids"],
+            "mm_token_type_ids": call["mm_token_type_ids"],
+            "attention_mask": call.get("attention_mask"),
+            **stock_kwargs,
+        },
     )
     index = rewritten.new_to_caller
     positions = stock.to(torch.float64).gather(2, index.clamp(min=0)[None].expand(3, -1, -1).to(stock.device))
@@ -205,15 +243,13 @@ def finish(handle, ctx) -> None:
             positions[:, row, end - count : end] = ids[:, offset : offset + count] + base
             offset += count
 
-    def live(c, ids):
-        mask = c.get("attention_mask")
-        return mask.sum(1) if mask is not None else torch.full((ids.shape[0],), ids.shape[1])
-
-    shrink = (live(call, call["input_ids"]) - live(new_call, new_call["input_ids"])).to(stock_deltas.device)
+    ids = new_call["input_ids"]
+    live = _live(ids, new_call.get("attention_mask"))
     state = handle.family_state
-    state.ids = new_call["input_ids"]
+    state.ids = ids
     state.positions = positions.long() if bool(torch.equal(positions, positions.round())) else positions.float()
-    state.deltas = stock_deltas + shrink[:, None]
+    # decode step k of row b (live index live_b + k) gets next_text_b + k: the stock rule's id for text at that place
+    state.deltas = (next_text - live.to(next_text.device))[:, None]
 
 
 def visual_extent(handle, prepared, call) -> list[float]:

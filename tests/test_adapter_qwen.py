@@ -92,6 +92,7 @@ def test_adapter_ids_equal_stock_get_rope_index_when_unpooled(model_type, model)
         live = inputs["attention_mask"].bool()
         assert torch.equal(ids[:, live], stock[:, live])
         assert handle.family_state.ids is None  # released after the call
+    # rope_deltas (the forward-with-cache path) follow the text rule: here (short video) that is the stock value
     assert model.model.rope_deltas is not None and torch.equal(model.model.rope_deltas, deltas)
 
 
@@ -240,20 +241,65 @@ def _check_pooled(model_type, model, pooling, sources, strides, outer_markers):
         assert not adapted[0, deleted].any()  # deleted caller positions have no logits (zeros)
 
 
-@pytest.mark.parametrize("pooling", [PROGRESSIVE, TEMPORAL])
-def test_decode_positions_equal_stock_and_no_state_leaks(model_type, model, pooling):
-    inputs = qwen_hand_inputs(model_type, 4, batch=2, seed=4)
+DECODE_CONFIGS = {
+    "progressive": {"pooling": PROGRESSIVE},
+    "temporal": {"pooling": TEMPORAL},
+    "rope_only": {"pooling": None, "rope": {"type": "yarn", "visual_window": 2, "scope": "visual"}},
+}
+
+
+@pytest.mark.parametrize("case", sorted(DECODE_CONFIGS))
+def test_decode_ids_follow_the_text_rule_and_no_state_leaks(model_type, model, case):
+    """Generated token k gets the id stock get_rope_index gives a k-th text token appended to the caller's prompt
+    (the 5.x rule for text after a video), in generate and in a manual decode loop on the cache, so decoding equals
+    one forward on the whole text. Stock 5.x generate does the same, but its forward-with-cache path continues from
+    rope_deltas = largest id + 1: with more temporal patches than merged rows (12 > 4 here) that jumps past the
+    rule on Qwen2/2.5-VL (Qwen3-VL's frame blocks advance the text position, so it never jumps)."""
+    inputs = qwen_hand_inputs(model_type, 24, batch=2, frame_counts=[24, 8], seed=4)
+    length = inputs["input_ids"].shape[1]
+    extra = {"second_per_grid_ts": inputs["second_per_grid_ts"]} if "second_per_grid_ts" in inputs else {}
+
+    def rule(out):  # stock ids of the caller's prompt + generated tokens, as text
+        generated = out.shape[1] - length
+        whole = {
+            "input_ids": out,
+            "mm_token_type_ids": torch.cat(
+                [inputs["mm_token_type_ids"], torch.zeros((2, generated), dtype=torch.int32)], 1
+            ),
+            "attention_mask": torch.cat([inputs["attention_mask"], torch.ones((2, generated), dtype=torch.long)], 1),
+        }
+        return model.model.get_rope_index(**whole, video_grid_thw=inputs["video_grid_thw"], **extra)[0]
+
+    def manual_step(out):  # row 0 (no padding): prefill, then one token on the cache, no mask
+        row = {k: v[:1] for k, v in inputs.items() if k not in ("pixel_values_videos", "video_grid_thw")}
+        row["attention_mask"] = row["attention_mask"][:, -int(row["attention_mask"][0].sum()) :]
+        row["input_ids"] = row["input_ids"][:, -row["attention_mask"].shape[1] :]
+        row["mm_token_type_ids"] = row["mm_token_type_ids"][:, -row["attention_mask"].shape[1] :]
+        patches = int(inputs["video_grid_thw"][0].prod())
+        row.update(
+            pixel_values_videos=inputs["pixel_values_videos"][:patches], video_grid_thw=inputs["video_grid_thw"][:1]
+        )
+        with torch.no_grad(), DecoderInputs(model) as seen:
+            prefill = model(**row, use_cache=True)
+            model(input_ids=out[:1, length : length + 1], cache=prefill.cache, use_cache=True)
+        return seen.calls[-1]["position_ids"][-3:, 0, 0]
+
     with DecoderInputs(model) as stock_seen:
-        model.generate(**inputs, max_new_tokens=3, do_sample=False)
-    with apply_adapter(model, pooling=pooling), DecoderInputs(model) as seen:
-        model.generate(**inputs, max_new_tokens=3, do_sample=False)
-    # decode steps get exactly the M-RoPE ids a stock run gives them (row 0 of 4, the text index used for masks,
-    # counts the shorter adapted sequence)
-    stock_decode = [c["position_ids"][-3:] for c in stock_seen.calls[1:]]
-    adapted_decode = [c["position_ids"][-3:] for c in seen.calls[1:]]
-    assert len(stock_decode) == len(adapted_decode) == 2
-    for a, b in zip(adapted_decode, stock_decode):
-        assert torch.equal(a.double(), b.double())
+        stock_out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    stock_manual = manual_step(stock_out)
+    with apply_adapter(model, **DECODE_CONFIGS[case]) as handle:
+        with DecoderInputs(model) as seen:
+            out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+        manual = manual_step(out)
+    assert handle.family_state.ids is None and get_adapter(model) is None
+    for calls, tokens in ((seen.calls, out), (stock_seen.calls, stock_out)):
+        decode = [c["position_ids"][-3:] for c in calls[1:]]  # t, h, w rows of the two decode steps
+        assert len(decode) == 2
+        for step, ids in enumerate(decode):
+            assert torch.equal(ids[:, :, 0].double(), rule(tokens)[:, :, length + step].double()), step
+    assert torch.equal(manual.double(), rule(out)[:, 0, length].double())
+    jumps = not torch.equal(stock_manual.double(), rule(stock_out)[:, 0, length].double())
+    assert jumps == (model_type != "qwen3_vl")
 
 
 @pytest.mark.parametrize("pooling", [PROGRESSIVE, [TEMPORAL, PROGRESSIVE]])

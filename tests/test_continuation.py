@@ -15,7 +15,9 @@ VIDEO_KEYS = ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
 
 def _build(model_type):
     if model_type in QWEN_TINY_TYPES:
-        return qwen_tiny_model(model_type), qwen_hand_inputs(model_type, 4, batch=2, seed=11)
+        # 12 frames: 6 temporal patches > 4 merged rows, where stock 5.x's rope_deltas (largest id + 1) would jump
+        # past the text rule that the prompt's text follows
+        return qwen_tiny_model(model_type), qwen_hand_inputs(model_type, 12, batch=2, seed=11)
     return tiny_model(model_type), hand_inputs(model_type, 4, batch=2, seed=11)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from longctx_adapter.eval.configs import expand_grid, parse_config_text, parse_pooling, parse_rope, split_values
@@ -49,15 +51,46 @@ def test_option_logprobs_match_the_definition_stock_and_adapted():
     assert [a["sum"] for a in adapted] != pytest.approx([s["sum"] for s in stock])
 
 
-@pytest.mark.parametrize("model_type", ["qwen2_5_vl"])
+@pytest.mark.parametrize("model_type", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
 def test_option_logprobs_qwen_hand_inputs(model_type):
     model = qwen_tiny_model(model_type)
-    inputs = qwen_hand_inputs(model_type, 4, batch=1, seed=3)
-    ids = [[7, 8], [9]]
-    with apply_adapter(model, pooling=POOLING):
-        got = option_logprobs(model, inputs, ids)
-        for g, cont in zip(got, ids):
-            assert g["sum"] == pytest.approx(_reference(model, inputs, cont), abs=1e-4)
+    inputs = qwen_hand_inputs(model_type, 8, batch=1, seed=3)
+    ids = [[7, 8, 9], [9]]
+    configs = [
+        {"pooling": POOLING},
+        {"pooling": [{"type": "temporal", "kernel": 2, "stride": 2}, POOLING]},  # Qwen3-VL: blocks deleted
+        {"pooling": None, "rope": {"type": "yarn", "visual_window": 2, "scope": "visual"}},
+    ]
+    for config in [None, *configs]:  # None: the stock model (its cached decode ids differ from a full forward)
+        with apply_adapter(model, **config) if config else contextlib.nullcontext():
+            got = option_logprobs(model, inputs, ids)
+            plain = option_logprobs(model, inputs, ids, share_prompt=False)
+            for g, p, cont in zip(got, plain, ids):
+                assert g["sum"] == pytest.approx(_reference(model, inputs, cont), abs=1e-4), config
+                assert g["sum"] == pytest.approx(p["sum"], abs=1e-4) and g["greedy"] == p["greedy"]
+
+
+def test_shared_prompt_encodes_the_video_once_and_leaves_no_cache_behind():
+    model = tiny_model("llava_onevision")
+    inputs = dict(processor_inputs("llava_onevision", 4, prompt="what color ?"))
+    calls = []
+    hook = model.model.vision_tower.register_forward_hook(lambda *a: calls.append(1))
+    conts = [[7, 8], [9, 10, 11], [12]]
+    try:
+        with apply_adapter(model, pooling=OV_POOLING, rope={"type": "yarn", "visual_window": 8, "scope": "all"}):
+            shared = option_logprobs(model, inputs, conts)
+            assert len(calls) == 1
+            plain = option_logprobs(model, inputs, conts, share_prompt=False)
+            assert len(calls) == 1 + len(conts)
+    finally:
+        hook.remove()
+    assert [a["sum"] for a in shared] == pytest.approx([b["sum"] for b in plain], abs=1e-4)
+    padded = dict(inputs)  # a padded prompt takes the plain path (positions of the cached path assume none)
+    padded["input_ids"] = torch.cat([torch.zeros_like(inputs["input_ids"][:, :2]), inputs["input_ids"]], 1)
+    padded["attention_mask"] = torch.cat([torch.zeros_like(inputs["attention_mask"][:, :2]), inputs["attention_mask"]], 1)
+    with apply_adapter(model, pooling=OV_POOLING, rope={"type": "yarn", "visual_window": 8, "scope": "all"}):
+        got = option_logprobs(model, padded, conts)
+        assert got == option_logprobs(model, padded, conts, share_prompt=False)
 
 
 def test_score_options_picks_the_best():
