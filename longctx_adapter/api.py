@@ -253,11 +253,14 @@ def _model_classes():
     return [getattr(transformers, name) for name in names if name is not None]
 
 
-def from_pretrained(name_or_path, adapter: AdapterConfig | Mapping | str | None = None, **hf_kwargs):
+def from_pretrained(
+    name_or_path, adapter: AdapterConfig | Mapping | str | None = None, *, scorer=None, tokenizer=None, **hf_kwargs
+):
     """Load a supported checkpoint with the adapter applied.
 
     `adapter=None` means the config an adapted model saved beside its weights (`longctx_adapter.json`, written by
-    its `save_pretrained`) when there is one, else the family preset.
+    its `save_pretrained`) when there is one, else the family preset. scorer / tokenizer: as for apply_adapter
+    (question-guided stages).
     """
     from transformers import AutoConfig, AutoModelForImageTextToText
 
@@ -271,7 +274,7 @@ def from_pretrained(name_or_path, adapter: AdapterConfig | Mapping | str | None 
     model = AutoModelForImageTextToText.from_pretrained(name_or_path, **hf_kwargs)
     if model in _HANDLES:  # patch_transformers already adapted it
         _HANDLES[model].remove()
-    apply_adapter(model, adapter)
+    apply_adapter(model, adapter, scorer=scorer, tokenizer=tokenizer)
     return model
 
 
@@ -280,22 +283,27 @@ def _config_kwargs(hf_kwargs: Mapping) -> dict:
     return {k: hf_kwargs[k] for k in keys if k in hf_kwargs}
 
 
-def patch_transformers(config: AdapterConfig | Mapping | str | None = None) -> None:
-    """Make `from_pretrained` of every supported class return adapted models until unpatch_transformers()."""
+def patch_transformers(config: AdapterConfig | Mapping | str | None = None, *, scorer=None, tokenizer=None) -> None:
+    """Make `from_pretrained` of every supported class return adapted models until unpatch_transformers().
+
+    scorer / tokenizer: handed to apply_adapter for every model loaded meanwhile (question-guided stages).
+    """
     check_transformers_version()
     if _PATCHED_LOADERS:
         raise AdapterError("transformers is already patched; call unpatch_transformers() first")
     frozen = _resolve_config(None, config, {}) if config is not None else None
     for cls in _model_classes():
         _PATCHED_LOADERS[cls] = cls.__dict__.get("from_pretrained")
-        cls.from_pretrained = classmethod(_adapting_loader(cls.from_pretrained.__func__, frozen))
+        loader = _adapting_loader(cls.from_pretrained.__func__, frozen, scorer, tokenizer)
+        cls.from_pretrained = classmethod(loader)
 
 
-def _adapting_loader(inner, config):
+def _adapting_loader(inner, config, scorer=None, tokenizer=None):
     def from_pretrained(klass, *args, **kwargs):
         model = inner(klass, *args, **kwargs)
         if model not in _HANDLES:
-            apply_adapter(model, config if config is not None else _saved_config(args, kwargs))
+            saved = config if config is not None else _saved_config(args, kwargs)
+            apply_adapter(model, saved, scorer=scorer, tokenizer=tokenizer)
         return model
 
     return from_pretrained

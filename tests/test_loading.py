@@ -206,3 +206,29 @@ def test_patch_transformers_without_config_uses_each_family_preset(saved, clean_
     assert get_adapter(nv).config == AdapterConfig.preset("llava_next_video")
     with pytest.raises(AdapterError, match="7x7"):  # the OneVision preset does not fit the tiny grid
         AutoModelForImageTextToText.from_pretrained(saved["llava_onevision"])
+
+
+def test_load_time_adapting_takes_a_scorer(saved, clean_patch):
+    """Question-guided stages at load time: from_pretrained(scorer=...) and patch_transformers(scorer=...) equal
+    apply_adapter(scorer=...) on a stock load; without a scorer they are refused."""
+    from longctx_adapter.scoring import Scorer
+    from longctx_adapter.tiny_scorer import tiny_clip, tiny_scorer_tokenizer
+
+    scorer = Scorer(tiny_clip(seed=3), tiny_scorer_tokenizer())
+    path = saved["llava_next_video"]
+    pooling = {"type": "prompt_guided", "kernel": [1, 2, 2], "stride": [1, 2, 2]}
+    inputs = _inputs("llava_next_video")
+    stock = LlavaNextVideoForConditionalGeneration.from_pretrained(path)
+    with apply_adapter(stock, pooling=pooling, scorer=scorer):
+        with torch.no_grad():
+            expected = stock(**inputs, question="red").logits
+    loaded = longctx_adapter.from_pretrained(path, adapter={"pooling": pooling}, scorer=scorer)
+    with torch.no_grad():
+        assert torch.equal(loaded(**inputs, question="red").logits, expected)
+    with pytest.raises(AdapterError, match="scor"):
+        longctx_adapter.from_pretrained(path, adapter={"pooling": pooling})
+    patch_transformers({"pooling": pooling}, scorer=scorer)
+    patched = LlavaNextVideoForConditionalGeneration.from_pretrained(path)
+    unpatch_transformers()
+    with torch.no_grad():
+        assert torch.equal(patched(**inputs, question="red").logits, expected)
