@@ -4,9 +4,10 @@ The question of a call (per batch row) is, in this order:
 1. `question=` given to the adapted `forward`/`generate` (a string for every row, or one string per row); the
    wrapper pops it before calling the stock model;
 2. the text tokens of the call decoded with the tokenizer given as `apply_adapter(model, ..., tokenizer=tok)`
-   (a processor works too): the tokens after the row's last visual placeholder (usually the question; with a chat
-   template it includes the template's words such as "assistant"), or, when nothing follows the video, all text
-   tokens of the row; special tokens are skipped;
+   (a processor works too): the tokens after the row's last visual placeholder, up to the first special token
+   that follows some text (a chat template's end of turn such as `<|im_end|>`, so the assistant header is not
+   read; templates without special tokens, e.g. "USER: ... ASSISTANT:", keep their words), or, when nothing
+   follows the video, all text tokens of the row; special tokens are skipped;
 3. none: the question-guided stages take their uniform form (prompt_guided = conv3d average pooling, select_frames
    = evenly spaced frames, keyframe anchor = first frame) and the adapter warns once per handle.
 
@@ -223,6 +224,15 @@ def _same_tower(model, scorer: Scorer, input_norm) -> bool:
 # The question.
 
 
+def _until_turn_end(ids: list[int], special: set) -> list[int]:
+    """The tokens up to the first special token that follows some text: a chat template's end of the user turn
+    (e.g. `<|im_end|>`), so the assistant header after it is not read as part of the question."""
+    for i, token in enumerate(ids):
+        if token in special and any(t not in special for t in ids[:i]):
+            return ids[:i]
+    return ids
+
+
 def question_texts(input_ids, attention_mask, question, tokenizer, placeholders) -> list[str | None]:
     """The question of each batch row (see module docstring)."""
     batch = input_ids.shape[0]
@@ -240,6 +250,8 @@ def question_texts(input_ids, attention_mask, question, tokenizer, placeholders)
         )
     if tokenizer is None:
         return [None] * batch
+    inner = getattr(tokenizer, "tokenizer", tokenizer)  # a processor carries its tokenizer
+    special = set(getattr(inner, "all_special_ids", None) or ())
     texts = []
     for b in range(batch):
         ids = input_ids[b]
@@ -247,7 +259,7 @@ def question_texts(input_ids, attention_mask, question, tokenizer, placeholders)
             ids = ids[attention_mask[b].to(ids.device).bool()]
         ids = ids.tolist()
         visual = [i for i, token in enumerate(ids) if token in placeholders]
-        after = ids[visual[-1] + 1 :] if visual else ids
+        after = _until_turn_end(ids[visual[-1] + 1 :], special) if visual else ids
         text = tokenizer.decode(after, skip_special_tokens=True).strip() if after else ""
         if not text:
             rest = [token for token in ids if token not in placeholders]

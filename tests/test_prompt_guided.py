@@ -532,6 +532,14 @@ def test_question_sources(next_video, clip_scorer):
         assert [s["question"] for s in handle.last_stats] == ["red square"] * 2
         with pytest.raises(AdapterError, match="one per batch row"):
             next_video(**inputs, question=["only one"])
+        # a chat template's end of turn (a special token after the question) ends the question
+        turn = dict(inputs)
+        end = torch.full((2, 1), tok.eos_token_id)
+        header = inputs["input_ids"][:, -2:]  # stand-in for the assistant header's words
+        turn["input_ids"] = torch.cat([inputs["input_ids"], end, header], 1)
+        turn["attention_mask"] = torch.cat([inputs["attention_mask"], torch.ones(2, 3, dtype=torch.long)], 1)
+        _logits(next_video, turn)
+        assert [s["question"] for s in handle.last_stats] == texts
 
 
 def _planted_scorer(scorer, planted: dict):
