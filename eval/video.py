@@ -285,7 +285,15 @@ def _load_decord(path, sampler) -> VideoClip:
 def _load_torchcodec(path, sampler) -> VideoClip:
     from torchcodec.decoders import VideoDecoder
 
-    decoder = VideoDecoder(path)
+    try:
+        decoder = VideoDecoder(path)
+    except (RuntimeError, OSError) as exc:
+        if "libtorchcodec" in str(exc) or "FFmpeg" in str(exc):  # its core libraries need a system FFmpeg
+            raise AdapterError(
+                f"torchcodec is installed but cannot load its FFmpeg-backed core ({str(exc).splitlines()[0]}); "
+                "install a system FFmpeg that torchcodec supports, or use backend='pyav'"
+            ) from exc
+        raise
     meta = decoder.metadata
     total = int(meta.num_frames or len(decoder))
     if total < 1:

@@ -123,9 +123,30 @@ def test_backends(mp4):
         if importlib.util.find_spec(name) is None:
             with pytest.raises(AdapterError, match="not installed"):
                 load_video(mp4, 2, backend=name)
-        else:  # installed: same frames as PyAV (decoders agree on mpeg4)
-            clip = load_video(mp4, 4, backend=name)
-            assert clip.indices.tolist() == load_video(mp4, 4).indices.tolist()
+        else:  # installed: the same frames as PyAV (all three use FFmpeg's mpeg4 decoder), times and rate
+            clip, ref = load_video(mp4, 4, backend=name), load_video(mp4, 4)
+            assert clip.indices.tolist() == ref.indices.tolist() and clip.total_frames == ref.total_frames
+            np.testing.assert_allclose(clip.timestamps, ref.timestamps, atol=1e-6)
+            assert clip.fps == pytest.approx(ref.fps)
+            diff = np.abs(clip.frames.astype(np.int16) - ref.frames.astype(np.int16))
+            assert clip.frames.shape == ref.frames.shape and diff.mean() < 2.0  # colour conversion may round apart
+
+
+def test_torchcodec_without_ffmpeg_is_a_backend_error_not_a_bad_file(mp4, monkeypatch):
+    """torchcodec imports without FFmpeg but fails on first use; that must not read as a corrupt video."""
+    import sys
+    import types
+
+    def unusable(path):
+        raise RuntimeError("Could not load libtorchcodec. Likely causes: FFmpeg is not properly installed")
+
+    decoders = types.ModuleType("torchcodec.decoders")
+    decoders.VideoDecoder = unusable
+    monkeypatch.setitem(sys.modules, "torchcodec", types.ModuleType("torchcodec"))
+    monkeypatch.setitem(sys.modules, "torchcodec.decoders", decoders)
+    with pytest.raises(AdapterError, match="cannot load its FFmpeg") as info:
+        load_video(mp4, 2, backend="torchcodec")
+    assert not isinstance(info.value, VideoDecodeError)
 
 
 # ----------------------------------------------------------------------------------------------- inputs
