@@ -101,7 +101,7 @@ class AdapterConfig:
         unknown = sorted(set(data) - allowed)
         if unknown:
             raise AdapterError(f"unknown adapter config key(s) {unknown}; allowed keys are {sorted(allowed)}")
-        return cls(**copy.deepcopy(dict(data)))
+        return cls(**_thaw(dict(data)))  # a deep copy that also takes another config's frozen values
 
     def to_json(self, **kwargs) -> str:
         return json.dumps(self.to_dict(), **kwargs)

@@ -254,6 +254,11 @@ def test_replace():
         base.replace(poolnig=None)
     with pytest.raises(AdapterError, match="median"):
         base.replace(pooling={"type": "median"})
+    # another config's (frozen) values are accepted as overrides and as fields
+    other = AdapterConfig.preset("llava_onevision")
+    assert base.replace(pooling=other.pooling, rope=other.rope) == other.replace(pool_single_images=False)
+    assert AdapterConfig(pooling=other.pooling, rope=other.rope) == other
+    assert AdapterConfig.from_dict({"pooling": other.pooling, "rope": other.rope}) == other
 
 
 @pytest.mark.parametrize("model_type", supported_models())
