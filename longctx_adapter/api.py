@@ -66,6 +66,7 @@ class AdapterHandle:
                 {
                     "row": row,
                     "frames": None,
+                    "frames_after": None,
                     "grid": None,
                     "tokens_before": int(n),
                     "tokens_after": int(n),

@@ -112,6 +112,7 @@ def prepare(handle, call: dict, question=None) -> Prepared | None:
             {
                 "row": row,
                 "frames": seg.frames,
+                "frames_after": None if pooled is None else len(pooled.sizes),
                 "grid": None if seg.grid is None else list(seg.grid.shape[:3]),
                 "tokens_before": sum(r.length for r in seg_runs),
                 "tokens_after": int(feats.shape[0]),

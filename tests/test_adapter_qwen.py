@@ -230,6 +230,7 @@ def _check_pooled(model_type, model, pooling, sources, strides, outer_markers):
         with apply_adapter(model, pooling=pooling) as handle, DecoderInputs(model) as seen:
             adapted = model(**inputs).logits
     assert handle.last_stats[0]["tokens_after"] == pooled.num_tokens
+    assert handle.last_stats[0]["frames_after"] == len(sources) and handle.last_stats[0]["frames"] == t
     assert seen.calls[-1]["inputs_embeds"].shape[1] == len(new_ids)
     torch.testing.assert_close(seen.calls[-1]["position_ids"].double(), positions[:, None], rtol=0, atol=1e-6)
     if deep:

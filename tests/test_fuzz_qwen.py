@@ -119,7 +119,8 @@ def _one_call(model, handle, inputs, broken, generate):
     if stages:
         for stat in handle.last_stats:
             assert stat["tokens_after"] == count_tokens(*stat["grid"], stages), (stat, stages)
-            if len(pooled_frame_sizes(*stat["grid"], stages)) != stat["grid"][0]:
+            assert stat["frames_after"] == len(pooled_frame_sizes(*stat["grid"], stages))
+            if stat["frames_after"] != stat["grid"][0]:
                 event(f"ran: {model.config.model_type} with frames merged or dropped")
     event(f"ran: pooling {'on' if stages else 'off'}")
     if handle.config == AdapterConfig():
