@@ -89,30 +89,31 @@ def _token_scores(logits: torch.Tensor, ids: Sequence[int]) -> dict:
     }
 
 
-def _mrope_positions(model, inputs: dict, ids: Sequence[int], device):
-    """Qwen-VL: the M-RoPE ids of `ids` appended to the prompt, as one forward on the whole text gives them.
+def _mrope_positions(model, inputs: dict, count: int, device):
+    """Qwen-VL: the M-RoPE ids of `count` text tokens appended to the prompt, as one forward on the whole text
+    gives them (they depend on the tokens' type, not their ids, so one call serves every option).
 
     Stock transformers 5.x decodes from the prompt's largest id + 1, which is not where its own rule puts text
     after a long video, so the cached path takes the ids from get_rope_index on the extended prompt. None elsewhere
     (1-D RoPE follows the cache length).
     """
     rope_index = getattr(getattr(model, "model", None), "get_rope_index", None)
-    if rope_index is None or inputs.get("mm_token_type_ids") is None:
+    if rope_index is None or inputs.get("mm_token_type_ids") is None or count == 0:
         return None
-    extended = _extend(inputs, ids, device)
+    extended = _extend(inputs, [int(inputs["input_ids"][0, -1])] * count, device)
     keys = ("mm_token_type_ids", "attention_mask", "image_grid_thw", "video_grid_thw", "second_per_grid_ts")
     positions, _ = rope_index(extended["input_ids"], **{k: extended[k] for k in keys if extended.get(k) is not None})
-    return positions[..., -len(ids) :]
+    return positions[..., -count:]
 
 
 def _shared_prompt_logprobs(model, inputs: dict, continuations: Sequence[Sequence[int]]) -> list[dict]:
     out = model(**inputs, logits_to_keep=1, use_cache=True)
-    cache = getattr(out, "cache", None)
-    if cache is None:
-        cache = getattr(out, "past_key_values", None)
+    cache = out.cache
     last = out.logits[0, -1:]  # predicts every option's first token
     prompt = cache.get_seq_length()
     device = inputs["input_ids"].device
+    longest = max((len(ids) for ids in continuations), default=1) - 1
+    positions = _mrope_positions(model, inputs, longest, device)  # the longest option's; shorter ones take a prefix
     results = []
     for ids in continuations:
         ids = list(ids)
@@ -121,7 +122,7 @@ def _shared_prompt_logprobs(model, inputs: dict, continuations: Sequence[Sequenc
             step = torch.tensor([ids[:-1]], dtype=inputs["input_ids"].dtype, device=device)
             # no attention_mask: the prompt has no padding, and Qwen-VL's cached path would take positions from
             # the whole mask instead of the new tokens' part
-            position_ids = _mrope_positions(model, inputs, ids[:-1], device)
+            position_ids = None if positions is None else positions[..., : step.shape[1]]
             more = model(input_ids=step, position_ids=position_ids, cache=cache, use_cache=True)
             logits = torch.cat([last, more.logits[0].to(last.device)], dim=0)
             cache.crop(-(cache.get_seq_length() - prompt))

@@ -49,12 +49,11 @@ def frame_sources(frames: int, height: int, width: int, stages, guide=None, chun
     selection included, answers alike. Channels go `chunk` frames at a time to bound memory at long videos.
     """
     stages = _coordinate_stages(stages)
-    support = None
+    parts = []
     for lo in range(0, frames, chunk):
         hi = min(frames, lo + chunk)
         indicator = torch.zeros(frames, 1, 1, hi - lo)
         indicator[torch.arange(lo, hi), 0, 0, torch.arange(hi - lo)] = 1.0
         pooled = pool_video(indicator.expand(frames, height, width, hi - lo), stages, guide)
-        part = torch.stack([f.reshape(-1, hi - lo).abs().amax(0) > 0 for f in pooled.frames])
-        support = part if support is None else torch.cat([support, part], dim=1)
-    return [tuple(row.nonzero().squeeze(1).tolist()) for row in support]
+        parts.append(torch.stack([f.reshape(-1, hi - lo).abs().amax(0) > 0 for f in pooled.frames]))
+    return [tuple(row.nonzero().squeeze(1).tolist()) for row in torch.cat(parts, dim=1)]

@@ -227,8 +227,11 @@ def _same_tower(model, scorer: Scorer, input_norm) -> bool:
 def _until_turn_end(ids: list[int], special: set) -> list[int]:
     """The tokens up to the first special token that follows some text: a chat template's end of the user turn
     (e.g. `<|im_end|>`), so the assistant header after it is not read as part of the question."""
+    seen_text = False
     for i, token in enumerate(ids):
-        if token in special and any(t not in special for t in ids[:i]):
+        if token not in special:
+            seen_text = True
+        elif seen_text:
             return ids[:i]
     return ids
 

@@ -433,8 +433,8 @@ def video_inputs(
     """Hand-built inputs for one video, in the layout the stock processor produces (stock placeholder counts).
 
     Pixels are standard-normal in `dtype` (HF examples move processor outputs to the model dtype); text tokens are
-    random non-special ids below 1000. Qwen3-VL gets one vision block per frame pair with 3 timestamp tokens before each, all inside one more
-    <|vision_start|> ... <|vision_end|> pair.
+    random non-special ids below 1000. Qwen3-VL gets one vision block per frame pair with 3 timestamp tokens
+    before each, all inside one more <|vision_start|> ... <|vision_end|> pair.
     """
     if isinstance(config, Mapping):
         raise AdapterError("video_inputs needs an HF config (or a model's .config)")
