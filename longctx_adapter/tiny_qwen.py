@@ -143,14 +143,14 @@ def qwen_hand_inputs(
     `<|vision_end|>`) + `<|vision_end|>`, as transformers' processor writes it; outer_markers=False leaves out the
     outer pair (a hand-written prompt).
     """
-    from .tiny import PAD_ID, TEXT_TOKEN_IDS
+    from .tiny import PAD_ID, TEXT_TOKEN_IDS, _per_row
 
     ids = _ids()
     counts = list(frame_counts) if frame_counts is not None else [frames] * batch
     if len(counts) != batch or any(c % TEMPORAL_PATCH for c in counts):
         raise ValueError(f"frame_counts {counts} must have {batch} entries, each a multiple of {TEMPORAL_PATCH}")
-    before = [text_before + b for b in range(batch)] if isinstance(text_before, int) else list(text_before)
-    after = [text_after] * batch if isinstance(text_after, int) else list(text_after)
+    before = _per_row(text_before, batch, "text_before", ragged=True)
+    after = _per_row(text_after, batch, "text_after", ragged=False)
     gen = torch.Generator().manual_seed(seed)
     words = torch.tensor(TEXT_TOKEN_IDS, dtype=torch.long)
     per_block = tokens_per_temporal_patch(patch_grid)
