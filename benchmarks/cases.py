@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import torch
 
-from longctx_adapter.pooling import progressive_pool
-from longctx_adapter.tiny import hand_inputs, tiny_model
+from longctx_adapter.ops.pooling import progressive_pool
+from longctx_adapter.testing.tiny import hand_inputs, tiny_model
 
 MODEL_TYPE = "llava_onevision"
 FRAMES = 128

@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from longctx_adapter.eval.scoring import option_logprobs  # noqa: E402
+from longctx_adapter.eval.option_scoring import option_logprobs  # noqa: E402
 
 from longctx_adapter import AdapterConfig, apply_adapter  # noqa: E402
 
@@ -52,8 +52,8 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--skip-real", action="store_true")
     args = parser.parse_args(argv)
-    from longctx_adapter.tiny import hand_inputs, tiny_model
-    from longctx_adapter.tiny_qwen import qwen_hand_inputs, qwen_tiny_model
+    from longctx_adapter.testing.tiny import hand_inputs, tiny_model
+    from longctx_adapter.testing.tiny_qwen import qwen_hand_inputs, qwen_tiny_model
 
     print(f"torch threads {torch.get_num_threads()}, CPU, batch 1, {args.options} options of 2 tokens\n")
     print("| model | options | shared (ms) | per option (ms) | per option / shared |")
@@ -68,7 +68,7 @@ def main(argv=None):
         _row("tiny Qwen2.5-VL, 64 frames, adapted", qwen_tiny_model("qwen2_5_vl"),
              qwen_hand_inputs("qwen2_5_vl", 64, batch=1), args.options, args.rounds, qwen_pooling)  # fmt: skip
         if not args.skip_real:
-            from longctx_adapter.real_configs import real_model, video_inputs
+            from longctx_adapter.profiling.sizes import real_model, video_inputs
 
             model = real_model("qwen2-vl-7b", layers=1)
             inputs = video_inputs(model.config, args.frames)

@@ -45,7 +45,7 @@ from cases import (  # noqa: E402
 )
 
 from longctx_adapter import apply_adapter  # noqa: E402
-from longctx_adapter.intercept import wrap_forward  # noqa: E402
+from longctx_adapter.hooks.call_path import wrap_forward  # noqa: E402
 
 
 def _sync(device: str) -> None:

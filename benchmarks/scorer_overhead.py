@@ -32,8 +32,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from longctx_adapter import apply_adapter  # noqa: E402
-from longctx_adapter.scoring import Scorer  # noqa: E402
-from longctx_adapter.tiny_scorer import clip_from_vision_tower, tiny_clip, tiny_scorer_tokenizer  # noqa: E402
+from longctx_adapter.hooks.scorer import Scorer  # noqa: E402
+from longctx_adapter.testing.tiny_scorer import clip_from_vision_tower, tiny_clip, tiny_scorer_tokenizer  # noqa: E402
 
 QUESTION = "what color is the ball that moves across the table"
 
@@ -87,7 +87,7 @@ def _clip_l336(layers: int = 1):
     from transformers import CLIPConfig, CLIPModel
     from transformers import initialization as hf_init
 
-    from longctx_adapter.real_configs import fill_random_
+    from longctx_adapter.profiling.sizes import fill_random_
 
     config = CLIPConfig(
         text_config=dict(
@@ -116,7 +116,7 @@ def _clip_l336(layers: int = 1):
 
 
 def tiny_rows(frames: int, rounds: int) -> list[dict]:
-    from longctx_adapter.tiny import hand_inputs, tiny_model
+    from longctx_adapter.testing.tiny import hand_inputs, tiny_model
 
     model = tiny_model("llava_next_video", seed=0)
     inputs = hand_inputs("llava_next_video", frames, seed=1)
@@ -129,7 +129,7 @@ def tiny_rows(frames: int, rounds: int) -> list[dict]:
 
 
 def real_rows(frames: int, rounds: int, decoder_layers: list[int], emit=None) -> list[dict]:
-    from longctx_adapter.real_configs import real_model, video_inputs
+    from longctx_adapter.profiling.sizes import real_model, video_inputs
 
     rows = []
     pooling = {"type": "prompt_guided", "output": [16, 8, 8]}

@@ -33,9 +33,9 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
-from longctx_adapter.errors import AdapterError
+from longctx_adapter.eval.configs import GridCell
 
-from .configs import GridCell
+from longctx_adapter.errors import AdapterError
 
 __all__ = [
     "MODES",
@@ -162,10 +162,10 @@ def _to_model(inputs, model):
 
 
 def _evaluate_cell(model, tokenizer, inputs, item, cell: GridCell, mode, target, reduce, max_new_tokens, probe):
-    from longctx_adapter import apply_adapter
+    from longctx_adapter.eval.option_scoring import generate_answer, match_option, score_options
+    from longctx_adapter.eval.runner import placeholder_count
 
-    from .runner import placeholder_count
-    from .scoring import generate_answer, match_option, score_options
+    from longctx_adapter import apply_adapter
 
     record: dict = {}
     handle = apply_adapter(model, cell.config) if cell.config is not None else None
@@ -219,10 +219,9 @@ def run_ablation(
     process; other processes return their own). ``stop_after`` (tests) stops after that many new units, as if
     the run were killed. ``fps`` samples at that rate with the frame count as the cap."""
     from accelerate import PartialState
+    from longctx_adapter.eval.runner import MemoryProbe
+    from longctx_adapter.eval.video import VideoDecodeError, video_inputs
     from tqdm.auto import tqdm
-
-    from .runner import MemoryProbe
-    from .video import VideoDecodeError, video_inputs
 
     if mode not in MODES:
         raise AdapterError(f"mode must be one of {list(MODES)}, got {mode!r}")
@@ -390,7 +389,7 @@ def write_summary(records, out_dir, labels: Sequence[str] | None = None) -> dict
         paths["plot"] = plot_summary(rows, out_dir / "accuracy.png")
     niah = [r for r in records if r.get("depth") is not None]
     if niah:
-        from .niah import plot_heatmap
+        from longctx_adapter.eval.niah import plot_heatmap
 
         value = "correct" if any(r.get("correct") is not None for r in niah) else "gen_correct"
         for label in dict.fromkeys(r["config"] for r in niah):

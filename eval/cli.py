@@ -57,7 +57,7 @@ def add_run_parser(sub) -> argparse.ArgumentParser:
 
 
 def _run(args) -> int:
-    from .runner import run_question
+    from longctx_adapter.eval.runner import run_question
 
     run_question(
         args.model, args.video, args.question, frames=args.frames, fps=args.fps, max_frames=args.max_frames,
@@ -113,7 +113,7 @@ def _floats(text: str) -> list[float]:
 
 
 def _niah_generate(args) -> int:
-    from .niah import write_niah
+    from longctx_adapter.eval.niah import write_niah
 
     path = write_niah(args.out, args.items, haystack_frames=args.haystack_frames, size=args.size,
                       video_format=args.format, seed=args.seed, depths=_floats(args.depths),
@@ -123,8 +123,8 @@ def _niah_generate(args) -> int:
 
 
 def _niah_export(args) -> int:
-    from .ablate import parse_frames
-    from .niah import export_videos
+    from longctx_adapter.eval.ablate import parse_frames
+    from longctx_adapter.eval.niah import export_videos
 
     path = export_videos(args.dataset, parse_frames(args.frames), args.out, video_format=args.format)
     print(f"wrote {path}")
@@ -134,8 +134,8 @@ def _niah_export(args) -> int:
 def _niah_plot(args) -> int:
     from pathlib import Path
 
-    from .ablate import _read_jsonl
-    from .niah import plot_heatmap
+    from longctx_adapter.eval.ablate import _read_jsonl
+    from longctx_adapter.eval.niah import plot_heatmap
 
     records = [r for r in _read_jsonl(Path(args.results)) if r.get("depth") is not None]
     if not records:
@@ -188,12 +188,11 @@ def add_ablate_parser(sub) -> argparse.ArgumentParser:
 
 def _ablate(args) -> int:
     from accelerate import PartialState
+    from longctx_adapter.eval.ablate import parse_frames, run_ablation, summarize, to_markdown
+    from longctx_adapter.eval.configs import expand_grid
+    from longctx_adapter.eval.datasets import load_dataset
+    from longctx_adapter.eval.runner import load_model
     from transformers import AutoConfig
-
-    from .ablate import parse_frames, run_ablation, summarize, to_markdown
-    from .configs import expand_grid
-    from .datasets import load_dataset
-    from .runner import load_model
 
     frames = parse_frames(args.frames)
     model_type = AutoConfig.from_pretrained(args.model).model_type

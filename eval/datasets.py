@@ -20,10 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from longctx_adapter.eval.video import VideoClip, VideoDecodeError, load_video, sample_indices
 
 from longctx_adapter.errors import AdapterError
-
-from .video import VideoClip, VideoDecodeError, load_video, sample_indices
 
 __all__ = [
     "EvalItem",
@@ -224,7 +223,7 @@ def load_jsonl_dataset(path, video_dir=None, check_videos: bool = False) -> list
     for n, rec in enumerate(_read_records(file)):
         where = f"{file} record {n}"
         if "niah" in rec:
-            from .niah import NiahItem
+            from longctx_adapter.eval.niah import NiahItem
 
             items.append(NiahItem.from_record(rec, file.parent))
             continue

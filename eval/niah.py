@@ -27,11 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from longctx_adapter.eval.datasets import ANNOTATIONS, EvalItem
+from longctx_adapter.eval.video import VideoClip, VideoDecodeError, load_video, sample_indices, write_video
 
 from longctx_adapter.errors import AdapterError
-
-from .datasets import ANNOTATIONS, EvalItem
-from .video import VideoClip, VideoDecodeError, load_video, sample_indices, write_video
 
 __all__ = [
     "COLORS",
@@ -323,7 +322,7 @@ def write_niah(
 def export_videos(dataset_dir, frame_counts, out_dir=None, video_format: str = "mp4", fps: float = 1.0) -> Path:
     """Materialise every item at every frame count as a video file plus a plain annotations file
     (``<out_dir>/annotations.jsonl``, our JSONL format, ids ``<item>@<frames>``) for tools that read videos."""
-    from .datasets import load_jsonl_dataset
+    from longctx_adapter.eval.datasets import load_jsonl_dataset
 
     dataset_dir = Path(dataset_dir)
     out = Path(out_dir) if out_dir is not None else dataset_dir / "videos"

@@ -52,9 +52,8 @@ def load_model(path, *, dtype="auto", device="auto", attn_implementation=None, p
     """
     from pathlib import Path
 
+    from longctx_adapter.eval.video import load_processor
     from transformers import AutoConfig, AutoModelForImageTextToText
-
-    from .video import load_processor
 
     if not Path(path).exists():
         raise AdapterError(f"model folder not found: {path} (run loads local checkpoints only)")
@@ -175,12 +174,11 @@ def run_question(
     """What ``longctx-adapter run`` does; returns the answer and the adapter's report (also printed to ``out``)."""
     from pathlib import Path
 
+    from longctx_adapter.eval.configs import parse_config_text
+    from longctx_adapter.eval.video import load_video, video_inputs
     from transformers import AutoConfig, TextStreamer
 
     from longctx_adapter import apply_adapter
-
-    from .configs import parse_config_text
-    from .video import load_video, video_inputs
 
     out = out or sys.stdout
     if not Path(model_path).exists():

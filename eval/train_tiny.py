@@ -4,7 +4,7 @@
     python -m longctx_adapter.eval.train_tiny --steps 200 --out /tmp/trial   # a quick trial
 
 The model is a real ``LlavaOnevisionForConditionalGeneration`` (SigLIP vision tower, 2-layer MLP projector,
-Qwen2 decoder with RoPE) built from ``longctx_adapter.tiny.tiny_config("llava_onevision")``: 28 px frames,
+Qwen2 decoder with RoPE) built from ``longctx_adapter.testing.tiny.tiny_config("llava_onevision")``: 28 px frames,
 patch 4 -> 7x7 grid, bilinear 2x -> 16 tokens per frame, plus one newline per video. It is trained on the
 synthetic QA of :mod:`longctx_adapter.eval.synthetic_qa` with videos of ``--min-frames`` to ``--max-frames``
 frames only (default 4..8: at most 8 x 16 + 1 = 129 visual tokens, the model's *visual training window*).
@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from longctx_adapter.eval.synthetic_qa import TASKS, batch_inputs, make_item
 
-from longctx_adapter.tiny import tiny_config, tiny_processor, tiny_tokenizer
+from longctx_adapter.testing.tiny import tiny_config, tiny_processor, tiny_tokenizer
 
 DEFAULT_OUT = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "longctx_adapter", "models", "tiny_video_lm"

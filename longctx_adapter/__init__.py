@@ -3,39 +3,44 @@
     handle = apply_adapter(model)   # family preset: progressive pooling of visual tokens
     ...
     handle.remove()                 # bit-exactly the stock model again
+
+Layers, lowest first (an import only points down): `ops` (pure tensor math, no transformers), `config`,
+`hooks` (the call path on a transformers model; checks the transformers version when imported), `api`,
+then `profiling`, `demo`, `cli`. `testing` holds the tiny model factories for tests, demos and benchmarks.
+The public names below load lazily, so `import longctx_adapter.ops` never imports transformers.
 """
 
-from .api import (
-    AdapterHandle,
-    apply_adapter,
-    from_pretrained,
-    get_adapter,
-    patch_transformers,
-    remove_adapter,
-    unpatch_transformers,
-)
-from .config import AdapterConfig
-from .errors import AdapterError
-from .profiling import profile
-from .registry import supported_models
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "AdapterConfig",
-    "AdapterError",
-    "AdapterHandle",
-    "apply_adapter",
-    "from_pretrained",
-    "get_adapter",
-    "patch_transformers",
-    "profile",
-    "remove_adapter",
-    "supported_models",
-    "unpatch_transformers",
-]
+_PUBLIC = {
+    "AdapterConfig": "longctx_adapter.config",
+    "AdapterError": "longctx_adapter.errors",
+    "AdapterHandle": "longctx_adapter.api",
+    "apply_adapter": "longctx_adapter.api",
+    "from_pretrained": "longctx_adapter.api",
+    "get_adapter": "longctx_adapter.api",
+    "patch_transformers": "longctx_adapter.api",
+    "remove_adapter": "longctx_adapter.api",
+    "unpatch_transformers": "longctx_adapter.api",
+    "supported_models": "longctx_adapter.api",
+    "profile": "longctx_adapter.profiling",
+}
 
-# A transformers release outside the supported range fails here, naming the range (see compat.py).
-from .compat import check_transformers_version as _check_transformers_version  # noqa: E402
+__all__ = sorted(_PUBLIC)
 
-_check_transformers_version()
+
+def __getattr__(name: str):
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'longctx_adapter' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_PUBLIC))

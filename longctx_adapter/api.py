@@ -6,15 +6,15 @@ import threading
 import weakref
 from collections.abc import Mapping
 
-from .compat import check_transformers_version
-from .config import AdapterConfig, known_visual_window
-from .errors import AdapterError
-from .intercept import wrap_forward, wrap_generate
-from .pooling import pooled_frame_sizes
-from .question import build_guidance
-from .registry import family_for, supported_models
-from .rope_hook import RopeBase, RopeHooks
-from .saving import find_saved_config, read_adapter_config, wrap_save_pretrained
+from longctx_adapter.compat import check_transformers_version
+from longctx_adapter.config import AdapterConfig, known_visual_window
+from longctx_adapter.errors import AdapterError
+from longctx_adapter.hooks.call_path import wrap_forward, wrap_generate
+from longctx_adapter.hooks.question import build_guidance
+from longctx_adapter.hooks.registry import family_for, supported_models
+from longctx_adapter.hooks.rotary import RopeBase, RopeHooks
+from longctx_adapter.ops.pooling import pooled_frame_sizes
+from longctx_adapter.saving import find_saved_config, read_adapter_config, wrap_save_pretrained
 
 _HANDLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _HANDLES_LOCK = threading.Lock()
@@ -198,7 +198,7 @@ def apply_adapter(
     config: an AdapterConfig, a dict or JSON string of one, or None for the family preset; keyword overrides
     replace single fields (e.g. `pooling=None`). Refusals raise AdapterError and leave the model untouched.
     scorer: for question-guided stages (prompt_guided, select_frames, progressive anchor "score"): a
-    scoring.Scorer, a CLIPModel/SiglipModel, a registered name or a local checkpoint path; overrides the stages'
+    hooks.scorer.Scorer, a CLIPModel/SiglipModel, a registered name or a local checkpoint path; overrides the stages'
     "scorer". tokenizer: the model's tokenizer (or processor), to read the question from the prompt's text tokens.
     """
     check_transformers_version()

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 
-from .errors import AdapterError
+from longctx_adapter.errors import AdapterError
 
 SUPPORTED_TRANSFORMERS = ">=5.24,<6"
 OLDEST_TESTED = "5.24.0"

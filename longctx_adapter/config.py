@@ -9,9 +9,9 @@ from dataclasses import dataclass, fields
 from types import MappingProxyType
 from typing import Any
 
-from .errors import AdapterError
-from .pooling import normalize_pooling
-from .rope import ROPE_TYPES, inv_freq_for
+from longctx_adapter.errors import AdapterError
+from longctx_adapter.ops.pooling import normalize_pooling
+from longctx_adapter.ops.rope import ROPE_TYPES, inv_freq_for
 
 _ROPE_KEYS = ("type", "visual_window", "scope", "alpha", "beta", "attention_factor", "factor", "mrope_axes")
 
@@ -60,7 +60,7 @@ class AdapterConfig:
     pool_single_images: on classes that take frames as images (LLaVA, LLaVA-NeXT), a run of one image is
         left stock unless this is True.
     vision_chunk_frames: None, or encode each video this many frames at a time and pool chunk by chunk where the
-        stages allow (memory-lean; same result, see longctx_adapter/chunking.py). Needs pooling.
+        stages allow (memory-lean; same result, see longctx_adapter/hooks/chunking.py). Needs pooling.
     last_logits_only: adapted forward() calls that pass no logits_to_keep (and no labels) compute logits for the
         last position only (shape (B, 1, V)) instead of every position; generate() always does this.
     """

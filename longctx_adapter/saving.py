@@ -16,9 +16,9 @@ import functools
 import inspect
 import os
 
-from .config import AdapterConfig
-from .errors import AdapterError
-from .family import swapped
+from longctx_adapter.config import AdapterConfig
+from longctx_adapter.errors import AdapterError
+from longctx_adapter.hooks.family import swapped
 
 ADAPTER_CONFIG_NAME = "longctx_adapter.json"
 _HUB_KEYS = ("revision", "cache_dir", "local_files_only", "token", "subfolder")

@@ -7,7 +7,7 @@ import math
 import torch
 
 from longctx_adapter.errors import AdapterError
-from longctx_adapter.family import Segment
+from longctx_adapter.hooks.family import Segment
 
 
 def tower_grid(config) -> tuple[int, int]:

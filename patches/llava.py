@@ -5,9 +5,9 @@ A single image stays stock unless `pool_single_images=True`.
 
 from __future__ import annotations
 
-from longctx_adapter.family import make_family
+from longctx_adapter.patches._common import image_run_segments, pack_list, tower_grid
 
-from ._common import image_run_segments, pack_list, tower_grid
+from longctx_adapter.hooks.family import make_family
 
 
 def encode(model, encoder_kwargs, run_lengths, adapter_config):

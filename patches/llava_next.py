@@ -7,9 +7,9 @@ base tile beside the stock anyres packing (used for single images and to count e
 
 from __future__ import annotations
 
-from longctx_adapter.family import make_family, swapped
+from longctx_adapter.patches._common import image_run_segments, pack_list, tower_grid
 
-from ._common import image_run_segments, pack_list, tower_grid
+from longctx_adapter.hooks.family import make_family, swapped
 
 
 def encode(model, encoder_kwargs, run_lengths, adapter_config):

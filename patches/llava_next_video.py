@@ -5,9 +5,9 @@ Only videos are pooled; images (`pixel_values`) take the stock path.
 
 from __future__ import annotations
 
-from longctx_adapter.family import make_family
+from longctx_adapter.patches._common import pack_list, square_side, tower_grid, video_segments
 
-from ._common import pack_list, square_side, tower_grid, video_segments
+from longctx_adapter.hooks.family import make_family
 
 
 def frame_grid(config):

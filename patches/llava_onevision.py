@@ -10,11 +10,10 @@ from __future__ import annotations
 import math
 
 import torch
+from longctx_adapter.patches._common import tower_grid, video_segments
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from longctx_adapter.family import make_family, swapped
-
-from ._common import tower_grid, video_segments
+from longctx_adapter.hooks.family import make_family, swapped
 
 
 def _stock_side(side: int) -> int:

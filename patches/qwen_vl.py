@@ -30,8 +30,8 @@ import threading
 import torch
 
 from longctx_adapter.errors import AdapterError
-from longctx_adapter.family import Segment, make_family
-from longctx_adapter.positions import mrope_positions
+from longctx_adapter.hooks.family import Segment, make_family
+from longctx_adapter.ops.positions import mrope_positions
 
 _MERGE_ATTR = "spatial_merge_size"
 

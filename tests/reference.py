@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from longctx_adapter.pooling import normalize_pooling, pool_video
-from longctx_adapter.tiny import frames_as_images, placeholder_token_id
+from longctx_adapter.ops.pooling import normalize_pooling, pool_video
+from longctx_adapter.testing.tiny import frames_as_images, placeholder_token_id
 
 
 def naive_starts(size, kernel, stride):

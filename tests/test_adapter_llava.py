@@ -7,8 +7,8 @@ import torch
 from reference import reference_forward
 
 from longctx_adapter import AdapterConfig, AdapterError, apply_adapter, get_adapter, remove_adapter
-from longctx_adapter.pooling import count_tokens, normalize_pooling
-from longctx_adapter.tiny import (
+from longctx_adapter.ops.pooling import count_tokens, normalize_pooling
+from longctx_adapter.testing.tiny import (
     TINY_MODEL_TYPES,
     frames_as_images,
     hand_inputs,

@@ -7,8 +7,8 @@ import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from longctx_adapter import AdapterError, apply_adapter, get_adapter
-from longctx_adapter.pooling import normalize_pooling, pool_video
-from longctx_adapter.tiny_qwen import QWEN_TINY_TYPES, qwen_hand_inputs, qwen_tiny_model
+from longctx_adapter.ops.pooling import normalize_pooling, pool_video
+from longctx_adapter.testing.tiny_qwen import QWEN_TINY_TYPES, qwen_hand_inputs, qwen_tiny_model
 
 PROGRESSIVE = {"type": "progressive", "group": 2, "strides": [1, 2], "mode": "avg"}
 SPATIAL = {"type": "conv3d", "kernel": [1, 2, 2], "stride": [1, 2, 2]}

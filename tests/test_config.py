@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from longctx_adapter import AdapterConfig, AdapterError, apply_adapter, get_adapter, supported_models
-from longctx_adapter.tiny import hand_inputs, tiny_model
+from longctx_adapter.testing.tiny import hand_inputs, tiny_model
 
 # --- independent expectations of what normalization does to one stage ---------------------------------------
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from longctx_adapter import AdapterError, apply_adapter
-from longctx_adapter.tiny import hand_inputs, tiny_model
-from longctx_adapter.tiny_qwen import QWEN_TINY_TYPES, qwen_hand_inputs, qwen_tiny_model
+from longctx_adapter.testing.tiny import hand_inputs, tiny_model
+from longctx_adapter.testing.tiny_qwen import QWEN_TINY_TYPES, qwen_hand_inputs, qwen_tiny_model
 
 POOLING = {"type": "progressive", "group": 2, "strides": [1, 2], "mode": "avg"}
 VIDEO_KEYS = ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts")

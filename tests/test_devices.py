@@ -27,8 +27,8 @@ from transformers import AutoModelForImageTextToText
 
 import longctx_adapter
 from longctx_adapter import apply_adapter, get_adapter
-from longctx_adapter.pooling import count_tokens, normalize_pooling, pool_video
-from longctx_adapter.tiny import TINY_MODEL_TYPES, frames_as_images, hand_inputs, tiny_model
+from longctx_adapter.ops.pooling import count_tokens, normalize_pooling, pool_video
+from longctx_adapter.testing.tiny import TINY_MODEL_TYPES, frames_as_images, hand_inputs, tiny_model
 
 POOLING = {"type": "progressive", "group": 2, "strides": [1, 2], "mode": "avg"}
 ROPE = {"type": "yarn", "visual_window": 16}
@@ -228,11 +228,11 @@ def snapshot():
 
 import longctx_adapter
 from longctx_adapter import apply_adapter, supported_models
-from longctx_adapter.registry import family_for
+from longctx_adapter.hooks.registry import family_for
 for model_type in supported_models():
     family_for(model_type)  # imports every family patch
 report = {"import": snapshot()}
-from longctx_adapter.tiny import TINY_MODEL_TYPES, hand_inputs, tiny_model
+from longctx_adapter.testing.tiny import TINY_MODEL_TYPES, hand_inputs, tiny_model
 runs = [(t, "sdpa") for t in TINY_MODEL_TYPES] + [(t, "eager") for t in ("llava", "llava_onevision")]
 models = {run: tiny_model(run[0], attn_implementation=run[1]) for run in runs}
 for mode in ("stock", "adapted"):

@@ -17,12 +17,12 @@ from longctx_adapter.eval.ablate import load_results, run_ablation
 from longctx_adapter.eval.configs import expand_grid
 from longctx_adapter.eval.datasets import load_dataset
 from longctx_adapter.eval.niah import write_niah
-from longctx_adapter.eval.scoring import score_options
+from longctx_adapter.eval.option_scoring import score_options
 from longctx_adapter.eval.video import video_inputs
 
 from longctx_adapter import get_adapter
-from longctx_adapter.cli import main
-from longctx_adapter.tiny import tiny_model, tiny_processor
+from longctx_adapter.cli.main import main
+from longctx_adapter.testing.tiny import tiny_model, tiny_processor
 
 MODEL_TYPE = "llava_onevision"
 GRID = ["pooling=none,progressive:2,4,2", "rope=none,yarn-visual"]
@@ -133,7 +133,7 @@ def _free_port() -> int:
 
 
 def _cli(*args) -> list[str]:
-    return [sys.executable, "-m", "longctx_adapter.cli", *args]
+    return [sys.executable, "-m", "longctx_adapter.cli.main", *args]
 
 
 @pytest.mark.slow
@@ -146,7 +146,7 @@ def test_two_processes_killed_then_resumed(tmp_path, niah_dir, checkpoint):
               "--grid", GRID[1], "--visual-window", "8", "--no-progress", "--device", "cpu", "--out", str(out)]
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
-              str(_free_port()), "-m", "longctx_adapter.cli", "ablate", *common]
+              str(_free_port()), "-m", "longctx_adapter.cli.main", "ablate", *common]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.Popen(launch, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)

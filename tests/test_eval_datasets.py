@@ -21,7 +21,7 @@ from longctx_adapter.eval.video import VideoDecodeError, write_video
 from PIL import Image
 
 from longctx_adapter import AdapterError
-from longctx_adapter.tiny import synthetic_video
+from longctx_adapter.testing.tiny import synthetic_video
 
 
 @pytest.fixture(scope="module")

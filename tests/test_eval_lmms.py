@@ -19,7 +19,7 @@ pytest.importorskip("lmms_eval")
 
 from longctx_adapter.eval.video import write_video  # noqa: E402
 
-from longctx_adapter.tiny import synthetic_video, tiny_model, tiny_processor  # noqa: E402
+from longctx_adapter.testing.tiny import synthetic_video, tiny_model, tiny_processor  # noqa: E402
 
 pytestmark = pytest.mark.lmms
 ROOT = Path(__file__).resolve().parents[1]

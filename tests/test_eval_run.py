@@ -8,8 +8,8 @@ import pytest
 from longctx_adapter.eval.runner import run_question
 from longctx_adapter.eval.video import write_video
 
-from longctx_adapter.cli import main
-from longctx_adapter.tiny import synthetic_video, tiny_model, tiny_processor
+from longctx_adapter.cli.main import main
+from longctx_adapter.testing.tiny import synthetic_video, tiny_model, tiny_processor
 
 MODEL_TYPE = "llava_onevision"
 

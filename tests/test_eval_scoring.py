@@ -7,11 +7,11 @@ import contextlib
 import pytest
 import torch
 from longctx_adapter.eval.configs import expand_grid, parse_config_text, parse_pooling, parse_rope, split_values
-from longctx_adapter.eval.scoring import continuation_ids, match_option, option_logprobs, score_options
+from longctx_adapter.eval.option_scoring import continuation_ids, match_option, option_logprobs, score_options
 
 from longctx_adapter import AdapterConfig, AdapterError, apply_adapter
-from longctx_adapter.tiny import processor_inputs, tiny_model, tiny_tokenizer
-from longctx_adapter.tiny_qwen import qwen_hand_inputs, qwen_tiny_model
+from longctx_adapter.testing.tiny import processor_inputs, tiny_model, tiny_tokenizer
+from longctx_adapter.testing.tiny_qwen import qwen_hand_inputs, qwen_tiny_model
 
 POOLING = {"type": "progressive", "group": 2, "strides": [1, 2], "mode": "avg"}  # Qwen: merged-token grid
 OV_POOLING = {"type": "progressive", "group": 2, "strides": [2, 4], "mode": "avg"}  # OneVision: 7x7 SigLIP grid

@@ -21,7 +21,7 @@ from longctx_adapter.eval.video import (
 )
 
 from longctx_adapter import AdapterError
-from longctx_adapter.tiny import TINY_MODEL_TYPES, synthetic_video, tiny_config, tiny_processor, tiny_tokenizer
+from longctx_adapter.testing.tiny import TINY_MODEL_TYPES, synthetic_video, tiny_config, tiny_processor, tiny_tokenizer
 
 FRAMES = 20
 FPS = 10
@@ -177,7 +177,7 @@ def test_fallback_processor_equals_real_processor(model_type, size):
 
 def test_fallback_from_saved_checkpoint_and_model_runs(tmp_path, mp4):
     """A saved checkpoint folder read without the HF processor: same inputs, and the stock model accepts them."""
-    from longctx_adapter.tiny import tiny_model
+    from longctx_adapter.testing.tiny import tiny_model
 
     model_type = "llava_onevision"
     model = tiny_model(model_type)
@@ -227,7 +227,7 @@ def test_qwen_processor_inputs_run_stock_and_adapted(model_type):
     import transformers
 
     from longctx_adapter import apply_adapter
-    from longctx_adapter.tiny_qwen import qwen_tiny_model
+    from longctx_adapter.testing.tiny_qwen import qwen_tiny_model
 
     tok = tiny_tokenizer()
     tok.add_special_tokens({"additional_special_tokens": ["<|vision_start|>", "<|vision_end|>"]})

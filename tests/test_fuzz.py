@@ -29,8 +29,8 @@ from hypothesis import strategies as st
 from reference import reference_forward
 
 from longctx_adapter import AdapterConfig, AdapterError, apply_adapter
-from longctx_adapter.pooling import count_tokens
-from longctx_adapter.tiny import (
+from longctx_adapter.ops.pooling import count_tokens
+from longctx_adapter.testing.tiny import (
     IMAGE_TOKEN_ID,
     PAD_ID,
     TEXT_TOKEN_IDS,

@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 from test_fuzz import POOLING, ROPE, SEED, _pristine, fuzz_settings
 
 from longctx_adapter import AdapterConfig, AdapterError, apply_adapter
-from longctx_adapter.pooling import count_tokens, pooled_frame_sizes
-from longctx_adapter.tiny_qwen import QWEN_TINY_TYPES, qwen_hand_inputs, qwen_tiny_model
+from longctx_adapter.ops.pooling import count_tokens, pooled_frame_sizes
+from longctx_adapter.testing.tiny_qwen import QWEN_TINY_TYPES, qwen_hand_inputs, qwen_tiny_model
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "120"))
 BREAKS = ("none",) * 6 + ("grid", "no_types")

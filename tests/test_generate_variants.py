@@ -14,8 +14,8 @@ from transformers import TextStreamer
 from transformers.generation.streamers import BaseStreamer
 
 from longctx_adapter import AdapterConfig, apply_adapter
-from longctx_adapter.pooling import pool_video
-from longctx_adapter.tiny import (
+from longctx_adapter.ops.pooling import pool_video
+from longctx_adapter.testing.tiny import (
     IMAGE_TOKEN_ID,
     PAD_ID,
     TINY_MODEL_TYPES,

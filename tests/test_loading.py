@@ -22,7 +22,7 @@ from longctx_adapter import (
     supported_models,
     unpatch_transformers,
 )
-from longctx_adapter.tiny import hand_inputs, tiny_model
+from longctx_adapter.testing.tiny import hand_inputs, tiny_model
 
 OV_POOLING = {"type": "progressive", "group": 2, "strides": [2, 4], "mode": "avg"}
 NV_POOLING = {"type": "temporal", "kernel": 2, "stride": 2}
@@ -211,8 +211,8 @@ def test_patch_transformers_without_config_uses_each_family_preset(saved, clean_
 def test_load_time_adapting_takes_a_scorer(saved, clean_patch):
     """Question-guided stages at load time: from_pretrained(scorer=...) and patch_transformers(scorer=...) equal
     apply_adapter(scorer=...) on a stock load; without a scorer they are refused."""
-    from longctx_adapter.scoring import Scorer
-    from longctx_adapter.tiny_scorer import tiny_clip, tiny_scorer_tokenizer
+    from longctx_adapter.hooks.scorer import Scorer
+    from longctx_adapter.testing.tiny_scorer import tiny_clip, tiny_scorer_tokenizer
 
     scorer = Scorer(tiny_clip(seed=3), tiny_scorer_tokenizer())
     path = saved["llava_next_video"]

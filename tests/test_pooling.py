@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from reference import naive_starts
 
 from longctx_adapter.errors import AdapterError
-from longctx_adapter.pooling import (
+from longctx_adapter.ops.pooling import (
     STAGE_TYPES,
     PooledVideo,
     adaptive_pool3d,

@@ -8,8 +8,8 @@ from hypothesis import strategies as st
 from reference import naive_starts
 
 from longctx_adapter import AdapterError
-from longctx_adapter.positions import frame_sources
-from longctx_adapter.tokens import Run, merged_frame_blocks
+from longctx_adapter.ops.positions import frame_sources
+from longctx_adapter.ops.tokens import Run, merged_frame_blocks
 
 
 def _windows(T: int, starts, kernel: int) -> list[tuple[int, ...]]:

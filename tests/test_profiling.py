@@ -14,13 +14,13 @@ import pytest
 import torch
 
 from longctx_adapter import AdapterConfig, apply_adapter, profile
-from longctx_adapter.cli import main as cli_main
+from longctx_adapter.cli.main import main as cli_main
 from longctx_adapter.errors import AdapterError
-from longctx_adapter.estimate import estimate_memory, max_frames, param_bytes
-from longctx_adapter.pooling import count_tokens
-from longctx_adapter.profiling import parse_config, to_markdown, write_outputs
-from longctx_adapter.real_configs import PRESETS, real_config, stock_visual_tokens, video_inputs
-from longctx_adapter.tiny import tiny_model
+from longctx_adapter.ops.pooling import count_tokens
+from longctx_adapter.profiling.estimate import estimate_memory, max_frames, param_bytes
+from longctx_adapter.profiling.profiler import parse_config, to_markdown, write_outputs
+from longctx_adapter.profiling.sizes import PRESETS, real_config, stock_visual_tokens, video_inputs
+from longctx_adapter.testing.tiny import tiny_model
 
 # Published totals (model cards): 8.03B, 7.06B, 8.29B, 8.29B, 8.77B parameters.
 PUBLISHED_PARAMS = {
@@ -156,7 +156,7 @@ def test_estimator_vs_measured_truncated_onevision_7b():
 @pytest.mark.parametrize("model_type", ["qwen2_vl", "qwen3_vl"])
 def test_estimated_sequence_length_equals_the_adapted_call(model_type):
     """The estimator's sequence length is what the decoder receives, Qwen3-VL's deleted blocks included."""
-    from longctx_adapter.tiny_qwen import qwen_tiny_model
+    from longctx_adapter.testing.tiny_qwen import qwen_tiny_model
 
     model = qwen_tiny_model(model_type)
     merge_then_progressive = [{"type": "temporal", "kernel": 3, "stride": 2}, {"type": "progressive", "group": 2, "strides": [1, 2]}]

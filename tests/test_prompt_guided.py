@@ -14,13 +14,8 @@ from hypothesis import strategies as st
 from reference import naive_starts
 
 from longctx_adapter import AdapterConfig, AdapterError, apply_adapter, get_adapter
-from longctx_adapter.pooling import conv3d_pool, count_tokens, normalize_pooling, pool_video, progressive_pool
-from longctx_adapter.positions import pooled_coordinates
-from longctx_adapter.scoring import Scorer, register_scorer, stretch_positions, unregister_scorer
-from longctx_adapter.tiny import hand_inputs, tiny_model, tiny_tokenizer
-from longctx_adapter.tiny_qwen import qwen_hand_inputs, qwen_tiny_model
-from longctx_adapter.tiny_scorer import clip_from_vision_tower, tiny_clip, tiny_scorer_tokenizer, tiny_siglip
-from longctx_adapter.weighted import (
+from longctx_adapter.hooks.scorer import Scorer, register_scorer, stretch_positions, unregister_scorer
+from longctx_adapter.ops.guided import (
     Guide,
     group_anchors,
     prompt_guided_pool,
@@ -28,6 +23,11 @@ from longctx_adapter.weighted import (
     select_frame_indices,
     weighted_window_pool,
 )
+from longctx_adapter.ops.pooling import conv3d_pool, count_tokens, normalize_pooling, pool_video, progressive_pool
+from longctx_adapter.ops.positions import pooled_coordinates
+from longctx_adapter.testing.tiny import hand_inputs, tiny_model, tiny_tokenizer
+from longctx_adapter.testing.tiny_qwen import qwen_hand_inputs, qwen_tiny_model
+from longctx_adapter.testing.tiny_scorer import clip_from_vision_tower, tiny_clip, tiny_scorer_tokenizer, tiny_siglip
 
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 PG = {"type": "prompt_guided", "kernel": [1, 2, 2], "stride": [1, 2, 2]}

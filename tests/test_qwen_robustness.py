@@ -9,8 +9,8 @@ import torch
 
 import longctx_adapter
 from longctx_adapter import apply_adapter, get_adapter
-from longctx_adapter.pooling import count_tokens, normalize_pooling
-from longctx_adapter.tiny_qwen import QWEN_TINY_TYPES, qwen_hand_inputs, qwen_tiny_model
+from longctx_adapter.ops.pooling import count_tokens, normalize_pooling
+from longctx_adapter.testing.tiny_qwen import QWEN_TINY_TYPES, qwen_hand_inputs, qwen_tiny_model
 
 POOLING = {"type": "progressive", "group": 2, "strides": [1, 2], "mode": "avg"}
 ROPE = {"type": "yarn", "visual_window": 1}  # temporal span in M-RoPE t positions: s > 1 on every class

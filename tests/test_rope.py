@@ -1,4 +1,4 @@
-"""longctx_adapter.rope against HF 5.x's own RoPE init functions and rotary modules, and the paper's YaRN formula."""
+"""longctx_adapter.ops.rope against HF 5.x's own RoPE init functions and rotary modules, and the paper's YaRN formula."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from transformers.models.qwen2.modeling_qwen2 import Qwen2RotaryEmbedding
 from transformers.models.stablelm.modeling_stablelm import StableLmRotaryEmbedding
 
 from longctx_adapter.errors import AdapterError
-from longctx_adapter.rope import (
+from longctx_adapter.ops.rope import (
     default_inv_freq,
     interpolate_positions,
     inv_freq_for,

@@ -10,9 +10,21 @@ import torch
 from transformers import GenerationConfig
 
 from longctx_adapter import AdapterConfig, AdapterError, apply_adapter
-from longctx_adapter.pooling import normalize_pooling
-from longctx_adapter.rope import default_inv_freq, interpolate_positions, linear_inv_freq, rope_cos_sin, yarn_inv_freq
-from longctx_adapter.tiny import TINY_MODEL_TYPES, frames_as_images, hand_inputs, placeholder_token_id, tiny_model
+from longctx_adapter.ops.pooling import normalize_pooling
+from longctx_adapter.ops.rope import (
+    default_inv_freq,
+    interpolate_positions,
+    linear_inv_freq,
+    rope_cos_sin,
+    yarn_inv_freq,
+)
+from longctx_adapter.testing.tiny import (
+    TINY_MODEL_TYPES,
+    frames_as_images,
+    hand_inputs,
+    placeholder_token_id,
+    tiny_model,
+)
 
 FRAMES = 6
 

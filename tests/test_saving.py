@@ -20,7 +20,7 @@ from longctx_adapter import (
     unpatch_transformers,
 )
 from longctx_adapter.saving import ADAPTER_CONFIG_NAME, read_adapter_config
-from longctx_adapter.tiny import TINY_MODEL_TYPES, hand_inputs, tiny_model
+from longctx_adapter.testing.tiny import TINY_MODEL_TYPES, hand_inputs, tiny_model
 
 POOLING = {"type": "progressive", "group": 2, "strides": [1, 2], "mode": "avg"}
 ROPE = {"type": "yarn", "visual_window": 16}

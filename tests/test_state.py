@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from longctx_adapter import apply_adapter
-from longctx_adapter.tiny import (
+from longctx_adapter.testing.tiny import (
     TINY_MODEL_TYPES,
     frames_as_images,
     hand_inputs,

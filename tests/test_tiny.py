@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from longctx_adapter.tiny import (
+from longctx_adapter.testing.tiny import (
     BOS_ID,
     EOS_ID,
     IMAGE_TOKEN_ID,

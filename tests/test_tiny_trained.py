@@ -14,7 +14,7 @@ from transformers import AutoProcessor, AutoTokenizer, LlavaOnevisionForConditio
 
 import longctx_adapter
 from longctx_adapter import AdapterConfig, apply_adapter
-from longctx_adapter.demo_trained import MODEL_DIR, recommended_config
+from longctx_adapter.demo.trained import MODEL_DIR, recommended_config
 
 # Held-out items (stream 7 is never used in training) the shipped model answers right at its training length.
 SHORT_ITEMS = [("color", 8, 7, 0), ("order", 8, 7, 0), ("count", 6, 7, 1)]
@@ -109,7 +109,7 @@ def test_shipped_adapter_config_loads_and_is_a_noop_at_training_length(shipped):
 
 def test_trained_demo_measure_runs_in_process():
     """The demo's per-run worker (normally in a spawned process) answers through the processor and generate()."""
-    from longctx_adapter.demo_trained import DEMO_POOLING, _measure
+    from longctx_adapter.demo.trained import DEMO_POOLING, _measure
 
     config = recommended_config().replace(pooling=DEMO_POOLING)
     threads = torch.get_num_threads()

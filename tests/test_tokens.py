@@ -8,7 +8,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from longctx_adapter import AdapterError
-from longctx_adapter.tokens import INSERTED, PADDED, Run, find_runs, resize_runs, to_caller_layout
+from longctx_adapter.ops.tokens import INSERTED, PADDED, Run, find_runs, resize_runs, to_caller_layout
 
 TOKEN, PAD = 7, 0
 

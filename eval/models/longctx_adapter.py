@@ -71,11 +71,10 @@ class LongctxAdapter(lmms):
     ) -> None:
         super().__init__()
         from accelerate import PartialState
+        from longctx_adapter.eval.configs import parse_config_text
+        from longctx_adapter.eval.runner import load_model
 
         from longctx_adapter import apply_adapter
-
-        from ..configs import parse_config_text
-        from ..runner import load_model
 
         if kwargs:
             logger.warning(f"longctx_adapter: ignoring unknown model args {sorted(kwargs)}")
@@ -111,7 +110,7 @@ class LongctxAdapter(lmms):
         return self.model.device
 
     def _inputs(self, context: str, visuals):
-        from ..video import build_prompt, load_video, video_inputs
+        from longctx_adapter.eval.video import build_prompt, load_video, video_inputs
 
         visuals = [v for v in (visuals or []) if v is not None]
         if visuals and isinstance(visuals[0], str):
@@ -145,7 +144,7 @@ class LongctxAdapter(lmms):
 
     # --- lmms API --------------------------------------------------------------------------------
     def loglikelihood(self, requests) -> list[tuple[float, bool]]:
-        from ..scoring import continuation_ids, option_logprobs
+        from longctx_adapter.eval.option_scoring import continuation_ids, option_logprobs
 
         results = []
         for request in tqdm(requests, disable=self.rank != 0, desc="longctx_adapter loglikelihood"):

@@ -3,7 +3,7 @@
 Each preset holds the numbers of one published checkpoint (hidden sizes, depths, heads, vocabulary, vision tower)
 so that memory and time can be measured or estimated at true size on any machine. `real_model(name, layers=2)`
 builds the model with its decoder and vision tower truncated to a few layers (everything else full size: embedding,
-lm_head, projector, one layer's activations at the true width); `profiling.py` extrapolates the missing layers.
+lm_head, projector, one layer's activations at the true width); `profiler.py` extrapolates the missing layers.
 
 Where each number comes from is written next to it. "transformers default" means the default of that config class
 in transformers 5.24, which its docstring ties to the named checkpoint; "config.json" means the checkpoint's
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .errors import AdapterError
+from longctx_adapter.errors import AdapterError
 
 __all__ = [
     "PRESETS",

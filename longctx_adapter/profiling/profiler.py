@@ -51,9 +51,9 @@ import traceback
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from .config import AdapterConfig
-from .errors import AdapterError
-from .estimate import estimate_memory
+from longctx_adapter.config import AdapterConfig
+from longctx_adapter.errors import AdapterError
+from longctx_adapter.profiling.estimate import estimate_memory
 
 __all__ = [
     "STAGES",
@@ -365,7 +365,7 @@ def _warm_runtime(device) -> None:
         F.layer_norm(y, (64,)).sum().item()
         F.gelu(y, approximate="tanh").sum().item()
     # one tiny generate() so that lazily imported generation code and its first-call allocations are in the baseline
-    from .tiny import hand_inputs, tiny_model
+    from longctx_adapter.testing.tiny import hand_inputs, tiny_model
 
     tiny = tiny_model("llava_onevision", dtype=torch.bfloat16).to(device)
     with torch.inference_mode():
@@ -376,7 +376,7 @@ def _warm_runtime(device) -> None:
 def _build(spec: dict):
     import transformers
 
-    from .real_configs import preset, real_config, real_model
+    from longctx_adapter.profiling.sizes import preset, real_config, real_model
 
     dtype = _torch_dtype(spec["dtype"])
     source = spec["model"]
@@ -399,7 +399,7 @@ def _build(spec: dict):
         import torch
         from transformers import initialization as hf_init
 
-        from .real_configs import fill_random_
+        from longctx_adapter.profiling.sizes import fill_random_
 
         with hf_init.no_init_weights(), torch.device(spec["device"]):
             model = cls._from_config(config, dtype=dtype, attn_implementation=spec["attn"])
@@ -413,8 +413,8 @@ def _measure_row(spec: dict, model=None) -> dict:
     """Run one row (in a fresh process on CPU); returns the measured fields or a status explaining why not."""
     import torch
 
-    from . import apply_adapter
-    from .real_configs import video_inputs
+    from longctx_adapter import apply_adapter
+    from longctx_adapter.profiling.sizes import video_inputs
 
     device = torch.device(spec["device"])
     probe = _CudaProbe(device) if device.type == "cuda" else _RssProbe()
@@ -476,15 +476,15 @@ def _measure_row(spec: dict, model=None) -> dict:
 
 
 def _spawned(spec: dict) -> dict:
-    """_measure_row in a fresh interpreter (`python -m longctx_adapter._profile_worker`), glibc mmap threshold 1 MiB."""
+    """_measure_row in a fresh interpreter (`python -m longctx_adapter.profiling.worker`), glibc mmap threshold 1 MiB."""
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=_MMAP_THRESHOLD)
     proc = subprocess.run(
-        [sys.executable, "-m", "longctx_adapter._profile_worker"],
+        [sys.executable, "-m", "longctx_adapter.profiling.worker"],
         input=json.dumps(spec),
         capture_output=True,
         text=True,
         env=env,
-        cwd=str(Path(__file__).resolve().parent.parent),
+        cwd=str(Path(__file__).resolve().parents[2]),
     )
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith("ROW "):
@@ -499,7 +499,7 @@ def _spawned(spec: dict) -> dict:
 
 
 def _source(model_or_preset) -> tuple[str, str | None]:
-    from .real_configs import PRESETS, preset
+    from longctx_adapter.profiling.sizes import PRESETS, preset
 
     if not isinstance(model_or_preset, (str, os.PathLike)):
         return "model", None
@@ -536,7 +536,7 @@ def profile(
 ) -> list[dict]:
     """Profile memory and time per stage for every (frames, config); see the module docstring for what and how.
 
-    model_or_preset: a real-size preset name (`real_configs.PRESETS`), a local HF checkpoint/config directory (random
+    model_or_preset: a real-size preset name (`sizes.PRESETS`), a local HF checkpoint/config directory (random
         weights unless `load_weights=True`), or a model object (measured in this process, no truncation).
     configs: shorthands (`parse_config`), JSON strings, dicts or AdapterConfigs; "none" is the stock model.
     layers / vision_layers: truncate a preset's decoder / vision tower (vision_layers defaults to layers).
@@ -588,7 +588,7 @@ def profile(
 
 def _configs(kind, source, model_obj, layers, vision_layers):
     if kind == "preset":
-        from .real_configs import real_config
+        from longctx_adapter.profiling.sizes import real_config
 
         return real_config(source), real_config(source, layers, vision_layers), source
     if kind == "path":

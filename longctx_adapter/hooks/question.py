@@ -37,10 +37,10 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from .errors import AdapterError
-from .pooling import is_guided
-from .scoring import HALF, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, Scorer, resolve_scorer
-from .weighted import Guide
+from longctx_adapter.errors import AdapterError
+from longctx_adapter.hooks.scorer import HALF, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, Scorer, resolve_scorer
+from longctx_adapter.ops.guided import Guide
+from longctx_adapter.ops.pooling import is_guided
 
 __all__ = ["Guidance", "build_guidance", "question_texts"]
 

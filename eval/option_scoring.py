@@ -19,10 +19,9 @@ import re
 from collections.abc import Sequence
 
 import torch
+from longctx_adapter.eval.datasets import LETTERS
 
 from longctx_adapter.errors import AdapterError
-
-from .datasets import LETTERS
 
 __all__ = ["continuation_ids", "generate_answer", "match_option", "option_logprobs", "score_options"]
 

@@ -41,7 +41,7 @@ __all__ = [
 
 STAGE_TYPES = ("progressive", "temporal", "adaptive3d", "conv3d", "prompt_guided", "select_frames")
 PROGRESSIVE_MODES = ("bilinear", "avg", "max")
-#: stage types whose result depends on the question (see longctx_adapter/weighted.py); progressive joins them
+#: stage types whose result depends on the question (see longctx_adapter/ops/guided.py); progressive joins them
 #: when its "anchor" is "score"
 GUIDED_STAGE_TYPES = ("prompt_guided", "select_frames")
 FRAME_SCORES = ("mean", "max", "global")
@@ -62,7 +62,7 @@ class PooledVideo:
     """Pooled frames kept apart, because progressive pooling gives frames of different sizes."""
 
     frames: tuple[torch.Tensor, ...]
-    #: question-guided stages only: what they decided (weighted.GuidedInfo: the guide, kept frames, anchors)
+    #: question-guided stages only: what they decided (guided.GuidedInfo: the guide, kept frames, anchors)
     guided: object = field(default=None, compare=False, repr=False)
 
     @property
@@ -576,14 +576,14 @@ def _apply_uniform(grid: torch.Tensor, stage: Mapping) -> torch.Tensor:
 def pool_video(grid: torch.Tensor, stages, guide=None, *, coordinates: bool = False) -> PooledVideo:
     """Apply the stages in order; no stages gives every frame unchanged.
 
-    guide: a `weighted.Guide` (question relevance of every token of `grid`) for question-guided stages; without
+    guide: a `guided.Guide` (question relevance of every token of `grid`) for question-guided stages; without
     one they fall back to their uniform form. coordinates: `grid` holds (t, row, column) coordinates
     (positions.pooled_coordinates), so select_frames with positions "repacked" renumbers t.
     """
     _check_grid(grid)
     stages = normalize_pooling(stages)
     if guide is not None or any(is_guided(stage) for stage in stages):
-        from .weighted import guided_pool_video  # weighted builds on this module
+        from longctx_adapter.ops.guided import guided_pool_video  # weighted builds on this module
 
         return guided_pool_video(grid, stages, guide, coordinates=coordinates)
     for stage in stages:

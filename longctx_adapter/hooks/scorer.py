@@ -22,7 +22,7 @@ are mapped to the scorer's normalization (un-normalize, re-normalize) and resize
 antialias=True)` to the scorer's `image_size` when the sizes differ (non-square frames, e.g. Qwen-VL, are squashed
 to the square input). Where the LMM's vision tower *is* the scorer's vision tower (same weights, same input size
 and normalization, e.g. LLaVA-NeXT with CLIP-L/336 and that CLIP as scorer), the hidden states of the LMM's own
-encoder pass are reused and no second vision pass runs (longctx_adapter/question.py decides this).
+encoder pass are reused and no second vision pass runs (longctx_adapter/hooks/question.py decides this).
 
 Long questions: `long_text=True` stretches the text model's position table Long-CLIP style (keep the first 20
 positions, interpolate the rest 4x: CLIP's 77 -> 248) on a shallow copy that shares every other weight; the user's
@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import AdapterError
+from longctx_adapter.errors import AdapterError
 
 __all__ = [
     "Scorer",

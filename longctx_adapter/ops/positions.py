@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .pooling import PooledVideo, normalize_pooling, pool_video
+from longctx_adapter.ops.pooling import PooledVideo, normalize_pooling, pool_video
 
 
 def _coordinate_stages(stages) -> list[dict]:
@@ -24,7 +24,7 @@ def pooled_coordinates(t_values: torch.Tensor, height: int, width: int, stages, 
     """(h, w, 3) float64 frames of (t, row, column) coordinates after pooling.
 
     t_values: the temporal coordinate of each input frame (e.g. Qwen2.5-VL's `second_per_grid_ts`-scaled ids);
-    rows and columns are 0..H-1, 0..W-1. guide: the `weighted.Guide` the features were pooled with (question-guided
+    rows and columns are 0..H-1, 0..W-1. guide: the `guided.Guide` the features were pooled with (question-guided
     stages), so frame selection, keyframes and prompt-guided weights make the same decisions on the coordinates.
     """
     t_values = torch.as_tensor(t_values, dtype=torch.float64)

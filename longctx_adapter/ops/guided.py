@@ -2,7 +2,7 @@
 
 A `Guide` carries the question relevance of every token of the grid being pooled, as *logits*: the scorer's
 scaled cosine similarity of each token to the question (CLIP: `exp(logit_scale) * cos`, SigLIP: plus
-`logit_bias`; see longctx_adapter/scoring.py). The stages turn logits into weights where they use them:
+`logit_bias`; see longctx_adapter/hooks/scorer.py). The stages turn logits into weights where they use them:
 
 - `prompt_guided` (PPLLaVA): `w = softmax(logits)` over all T*H*W tokens of the grid it pools, then inside each
   window `a = softmax(w_window / temperature)` and `out = sum(a * features)` (`prompt_guided_pool`). Computed as
@@ -21,7 +21,7 @@ Between stages the guide follows the grid: selected frames keep their logits, un
 adaptive3d, conv3d, prompt_guided) average the logit map with the same windows as the features (frame logits
 likewise along time), so a later stage scores the grid it actually sees.
 
-Without a guide (no question, see longctx_adapter/question.py) every stage takes its uniform form:
+Without a guide (no question, see longctx_adapter/hooks/question.py) every stage takes its uniform form:
 prompt_guided = conv3d average pooling, select_frames keeps `per_segment` evenly spaced frames per segment
 (frame `start + floor((j + 1/2) * len / k)`), anchor "score" = anchor "first".
 
@@ -39,8 +39,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .errors import AdapterError
-from .pooling import (
+from longctx_adapter.errors import AdapterError
+from longctx_adapter.ops.pooling import (
     PooledVideo,
     _apply_uniform,
     _check_grid,

@@ -20,7 +20,7 @@ from transformers import (
     SiglipVisionConfig,
 )
 
-from .tiny import _VOCAB, BOS, BOS_ID, EOS, EOS_ID, PAD, PAD_ID, TINY_VOCAB_SIZE, UNK
+from longctx_adapter.testing.tiny import _VOCAB, BOS, BOS_ID, EOS, EOS_ID, PAD, PAD_ID, TINY_VOCAB_SIZE, UNK
 
 __all__ = ["clip_from_vision_tower", "tiny_clip", "tiny_scorer_tokenizer", "tiny_siglip"]
 

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .chunking import encode_segments, pool_segment, pool_side_grids
-from .errors import AdapterError
-from .positions import frame_sources
-from .tokens import Rewritten, find_runs, merged_frame_blocks, resize_runs, to_caller_layout
+from longctx_adapter.errors import AdapterError
+from longctx_adapter.hooks.chunking import encode_segments, pool_segment, pool_side_grids
+from longctx_adapter.ops.positions import frame_sources
+from longctx_adapter.ops.tokens import Rewritten, find_runs, merged_frame_blocks, resize_runs, to_caller_layout
 
 
 @dataclass
@@ -56,7 +56,7 @@ def bind_call(signature: inspect.Signature, args: tuple, kwargs: dict) -> dict:
 def prepare(handle, call: dict, question=None) -> Prepared | None:
     """Pool this call's visual input, or return None when there is nothing to do (stock path).
 
-    question: the caller's `question=` (question-guided stages; see longctx_adapter/question.py).
+    question: the caller's `question=` (question-guided stages; see longctx_adapter/hooks/question.py).
     """
     family, config, model = handle.family, handle.config, handle.model
     if not config.pooling:

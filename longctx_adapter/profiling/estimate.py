@@ -32,8 +32,8 @@ import json
 import math
 from functools import lru_cache
 
-from .errors import AdapterError
-from .pooling import count_tokens, pooled_frame_sizes
+from longctx_adapter.errors import AdapterError
+from longctx_adapter.ops.pooling import count_tokens, pooled_frame_sizes
 
 __all__ = ["estimate_memory", "max_frames", "param_bytes"]
 
@@ -199,7 +199,7 @@ def _llava_vision(config, frames, stages, chunk, b, onevision: bool, cpu: bool =
     d, i = v.hidden_size, v.intermediate_size
     c = min(frames, chunk or frames)
     if stages:
-        from .chunking import chunk_plan
+        from longctx_adapter.hooks.chunking import chunk_plan
 
         local = c >= frames or chunk_plan(stages, c)[0]
     else:
@@ -272,7 +272,7 @@ def _llava_vision(config, frames, stages, chunk, b, onevision: bool, cpu: bool =
 
 def _largest_stride_group(stages, frames, side) -> int:
     """Frames gathered (index_select copy) for the largest same-stride group of the progressive stage (0 if none)."""
-    from .pooling import _frame_strides
+    from longctx_adapter.ops.pooling import _frame_strides
 
     for stage in stages:
         if stage["type"] == "progressive":
@@ -288,7 +288,7 @@ def _largest_stride_group(stages, frames, side) -> int:
 
 
 def _qwen_vision(config, frames, stages, chunk, b, frame_size) -> dict:
-    from .real_configs import preset_for_type, stock_visual_tokens
+    from longctx_adapter.profiling.sizes import preset_for_type, stock_visual_tokens
 
     v = config.vision_config
     kind = config.model_type

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import importlib
 
-from .errors import AdapterError
-from .family import VisualFamily
+from longctx_adapter.errors import AdapterError
+from longctx_adapter.hooks.family import VisualFamily
 
 MODEL_TYPE_TO_PATCH: dict[str, str] = {
     "llava": "longctx_adapter.patches.llava",

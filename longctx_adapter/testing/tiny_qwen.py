@@ -35,7 +35,15 @@ _CLASSES = {
 
 
 def _ids():
-    from .tiny import BOS_ID, EOS_ID, IMAGE_TOKEN_ID, PAD_ID, TINY_VOCAB_SIZE, VIDEO_TOKEN_ID, _token_id
+    from longctx_adapter.testing.tiny import (
+        BOS_ID,
+        EOS_ID,
+        IMAGE_TOKEN_ID,
+        PAD_ID,
+        TINY_VOCAB_SIZE,
+        VIDEO_TOKEN_ID,
+        _token_id,
+    )
 
     return dict(
         vocab=TINY_VOCAB_SIZE,
@@ -143,7 +151,7 @@ def qwen_hand_inputs(
     `<|vision_end|>`) + `<|vision_end|>`, as transformers' processor writes it; outer_markers=False leaves out the
     outer pair (a hand-written prompt).
     """
-    from .tiny import PAD_ID, TEXT_TOKEN_IDS, _per_row
+    from longctx_adapter.testing.tiny import PAD_ID, TEXT_TOKEN_IDS, _per_row
 
     ids = _ids()
     counts = list(frame_counts) if frame_counts is not None else [frames] * batch

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .errors import AdapterError
+from longctx_adapter.errors import AdapterError
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,10 @@ import statistics
 import sys
 import time
 
-from .config import AdapterConfig
-from .errors import AdapterError
-from .pooling import count_tokens
-from .profiling import kv_cache_bytes
+from longctx_adapter.config import AdapterConfig
+from longctx_adapter.errors import AdapterError
+from longctx_adapter.ops.pooling import count_tokens
+from longctx_adapter.profiling.profiler import kv_cache_bytes
 
 MODEL_TYPE = "llava_onevision"
 PROMPT = "what color is the frame"
@@ -47,7 +47,7 @@ def demo_config(spec: str | None = None) -> AdapterConfig:
 
 
 def _tiny_grid() -> int:
-    from .tiny import tiny_spec
+    from longctx_adapter.testing.tiny import tiny_spec
 
     return tiny_spec(MODEL_TYPE).grid
 
@@ -57,7 +57,7 @@ def _measure(label: str, config_dict: dict | None, frames: int, new_tokens: int,
     import torch
 
     from longctx_adapter import apply_adapter
-    from longctx_adapter.tiny import processor_inputs, tiny_model, tiny_tokenizer
+    from longctx_adapter.testing.tiny import processor_inputs, tiny_model, tiny_tokenizer
 
     model = tiny_model(MODEL_TYPE, seed=seed)
     handle = apply_adapter(model, config_dict) if config_dict is not None else None

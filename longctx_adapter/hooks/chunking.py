@@ -38,9 +38,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import AdapterError
-from .family import Segment
-from .pooling import PooledVideo, is_guided, pool_video
+from longctx_adapter.errors import AdapterError
+from longctx_adapter.hooks.family import Segment
+from longctx_adapter.ops.pooling import PooledVideo, is_guided, pool_video
 
 __all__ = ["ChunkedSegment", "chunk_plan", "encode_segments", "pool_segment", "pool_side_grids"]
 

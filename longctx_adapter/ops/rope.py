@@ -53,7 +53,7 @@ from collections.abc import Mapping
 
 import torch
 
-from .errors import AdapterError
+from longctx_adapter.errors import AdapterError
 
 __all__ = [
     "default_inv_freq",

@@ -17,14 +17,14 @@ import resource
 import sys
 import time
 
-from .config import AdapterConfig
-from .errors import AdapterError
-from .profiling import kv_cache_bytes
+from longctx_adapter.config import AdapterConfig
+from longctx_adapter.errors import AdapterError
+from longctx_adapter.profiling.profiler import kv_cache_bytes
 
 #: the demo's third run when no --config is given: the shipped RoPE config plus the pooling that kept most accuracy
 #: on this model (progressive, group 4, strides [2, 4]: 4 tokens on 3 of every 4 frames; see README)
 DEMO_POOLING = {"type": "progressive", "group": 4, "strides": [2, 4], "mode": "bilinear"}
-MODEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models", "tiny_video_lm")
+MODEL_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", "tiny_video_lm")
 DEMO_STREAM = 2024  # item seed of the demo's questions (not the training stream)
 
 
@@ -39,7 +39,7 @@ def model_dir() -> str:
 
 def recommended_config() -> AdapterConfig:
     """The adapter config shipped beside the weights (longctx_adapter.json): what measured best on this model."""
-    from .saving import ADAPTER_CONFIG_NAME, read_adapter_config
+    from longctx_adapter.saving import ADAPTER_CONFIG_NAME, read_adapter_config
 
     return read_adapter_config(os.path.join(model_dir(), ADAPTER_CONFIG_NAME))
 

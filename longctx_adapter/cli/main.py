@@ -5,16 +5,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .errors import AdapterError
+from longctx_adapter.errors import AdapterError
 
 
 def _demo(args) -> int:
     if not args.random:
-        from .demo_trained import run_trained_demo
+        from longctx_adapter.demo.trained import run_trained_demo
 
         run_trained_demo(frames=args.frames or 64, questions=args.questions, seed=args.seed, config=args.config)
         return 0
-    from .demo import run_demo
+    from longctx_adapter.demo.random_model import run_demo
 
     run_demo(frames=args.frames or 256, new_tokens=args.new_tokens, seed=args.seed, config=args.config)
     return 0
@@ -54,14 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _profile(args) -> int:
-    from .profiling import run_profile_cli
+    from longctx_adapter.profiling.profiler import run_profile_cli
 
     return run_profile_cli(args)
 
 
 def _add_profile_command(sub) -> None:
-    """`profile`: memory/time per stage vs frames (longctx_adapter.profiling)."""
-    from .profiling import add_profile_arguments
+    """`profile`: memory/time per stage vs frames (longctx_adapter.profiling.profiler)."""
+    from longctx_adapter.profiling.profiler import add_profile_arguments
 
     parser = sub.add_parser(
         "profile",
@@ -75,7 +75,7 @@ def _add_profile_command(sub) -> None:
 
 def _add_eval_commands(sub) -> None:
     """`run`, `niah`, `ablate`: the evaluation harness (longctx_adapter.eval.cli)."""
-    from .eval.cli import add_ablate_parser, add_niah_parser, add_run_parser
+    from longctx_adapter.eval.cli import add_ablate_parser, add_niah_parser, add_run_parser
 
     add_run_parser(sub)
     add_niah_parser(sub)

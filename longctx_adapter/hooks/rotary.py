@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import AdapterError
-from .rope import default_inv_freq, inv_freq_for, scale_factor, visual_position_shift
+from longctx_adapter.errors import AdapterError
+from longctx_adapter.ops.rope import default_inv_freq, inv_freq_for, scale_factor, visual_position_shift
 
 
 @dataclass(frozen=True)

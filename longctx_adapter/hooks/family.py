@@ -33,7 +33,7 @@ class Segment:
 
 @dataclass(frozen=True)
 class VisualFamily:
-    """Per-family knowledge as data; the core (intercept.py) does the rest.
+    """Per-family knowledge as data; the core (call_path.py) does the rest.
 
     encode(model, encoder_kwargs, run_lengths, config) -> (segments, template_output)
         run the stock encoder (wrapped, never copied) and cut its output into one Segment per placeholder run.

@@ -1,0 +1,1 @@
+"""`longctx-adapter demo`: stock vs adapted runs side by side, each in a fresh process."""
