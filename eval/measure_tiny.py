@@ -24,6 +24,9 @@ from collections import Counter
 import torch
 from longctx_adapter.eval.synthetic_qa import TASKS, answer_words, batch_inputs, make_item
 
+from longctx_adapter.ops.stages import stage_from_dict
+from longctx_adapter.ops.stages.progressive import Progressive
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 DEFAULT_MODEL = os.path.join(ROOT, "longctx_adapter", "models", "tiny_video_lm")
@@ -171,7 +174,7 @@ def keyframe_breakdown(rows, markers, group: int = 4) -> list[str]:
     lines = []
     for r in rows:
         pooling = (r["adapter"] or {}).get("pooling")
-        if not isinstance(pooling, dict) or pooling.get("type") != "progressive":
+        if not isinstance(pooling, dict) or not isinstance(stage_from_dict(pooling), Progressive):
             continue
         correct, where = r["tasks"]["color"]["correct"], markers[str(r["multiple"])]["color"]
         on = [c for c, mk in zip(correct, where) if mk[0] % group == 0]

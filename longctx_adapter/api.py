@@ -13,7 +13,7 @@ from longctx_adapter.hooks.call_path import wrap_forward, wrap_generate
 from longctx_adapter.hooks.question import build_guidance
 from longctx_adapter.hooks.registry import family_for, supported_models
 from longctx_adapter.hooks.rotary import RopeBase, RopeHooks
-from longctx_adapter.ops.pooling import pooled_frame_sizes
+from longctx_adapter.ops.pooling import check_frame_grid
 from longctx_adapter.saving import find_saved_config, read_adapter_config, wrap_save_pretrained
 
 _HANDLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -175,19 +175,7 @@ def _check_grid(model, family, config: AdapterConfig) -> None:
     """Refuse spatial windows the model's frame grid cannot hold now; frame counts are checked per call."""
     if config.pooling:
         height, width = family.frame_grid(model.config)
-        pooled_frame_sizes(_frames_every_stage_accepts(config.pooling), height, width, config.pooling)
-
-
-def _frames_every_stage_accepts(stages) -> int:
-    frames = 1
-    for stage in stages:
-        if stage["type"] == "select_frames":  # it always hands on segments * per_segment frames
-            return frames * stage["segments"] * stage["per_segment"]
-        for key in ("kernel", "stride", "output"):
-            value = stage.get(key)
-            if value is not None:
-                frames *= value if isinstance(value, int) else value[0]
-    return frames
+        check_frame_grid(height, width, config.pooling)
 
 
 def apply_adapter(

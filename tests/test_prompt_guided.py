@@ -15,15 +15,19 @@ from reference import naive_starts
 
 from longctx_adapter import AdapterConfig, AdapterError, apply_adapter, get_adapter
 from longctx_adapter.hooks.scorer import Scorer, register_scorer, stretch_positions, unregister_scorer
-from longctx_adapter.ops.guided import (
-    Guide,
+from longctx_adapter.ops.guided import Guide
+from longctx_adapter.ops.pooling import (
+    conv3d_pool,
+    count_tokens,
     group_anchors,
+    normalize_pooling,
+    pool_video,
+    progressive_pool,
     prompt_guided_pool,
     segment_bounds,
     select_frame_indices,
     weighted_window_pool,
 )
-from longctx_adapter.ops.pooling import conv3d_pool, count_tokens, normalize_pooling, pool_video, progressive_pool
 from longctx_adapter.ops.positions import pooled_coordinates
 from longctx_adapter.testing.tiny import hand_inputs, tiny_model, tiny_tokenizer
 from longctx_adapter.testing.tiny_qwen import qwen_hand_inputs, qwen_tiny_model

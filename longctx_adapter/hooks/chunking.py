@@ -11,12 +11,11 @@ the language model. With `vision_chunk_frames=C` the adapter
    at that chunk size (below); otherwise it keeps each chunk's unpooled grid and pools the concatenation once at
    the end (encoder activations stay flat, the unpooled features of the whole video exist once).
 
-Frame-local stages (pooling chunk by chunk gives exactly the tokens of pooling the whole video):
-- `progressive`: always when the chunk (in grid frames, after earlier temporal stages) is a multiple of `group`;
-- `temporal`: kernel == stride (no window straddles a chunk border) and the chunk is a multiple of the stride;
-- `conv3d`: explicit kernel/stride (no `output`, which is solved from the whole video) with temporal kernel ==
-  temporal stride dividing the chunk;
-- `adaptive3d`: never (its windows depend on the whole video's frame count).
+Frame-local stages (pooling chunk by chunk gives exactly the tokens of pooling the whole video) are decided by each
+stage's `chunk_frames` rule (`ops.pooling.chunk_plan`): e.g. progressive when the chunk (in grid frames, after
+earlier temporal stages) is a multiple of its group, temporal when kernel == stride divides the chunk, conv3d with
+an explicit temporal kernel == stride dividing the chunk; never adaptive3d (its windows depend on the whole
+video's frame count) nor a question-guided stage.
 A last chunk whose length is not a multiple of the stages' temporal reduction is merged into the chunk before it,
 so every window sees the same frames as in the unchunked run.
 
@@ -40,7 +39,7 @@ import torch
 
 from longctx_adapter.errors import AdapterError
 from longctx_adapter.hooks.family import Segment
-from longctx_adapter.ops.pooling import PooledVideo, is_guided, pool_video
+from longctx_adapter.ops.pooling import PooledVideo, chunk_plan, pool_video
 
 __all__ = ["ChunkedSegment", "chunk_plan", "encode_segments", "pool_segment", "pool_side_grids"]
 
@@ -75,39 +74,6 @@ def pool_side_grids(seg: Segment, stages, guide=None) -> tuple:
     if isinstance(seg, ChunkedSegment):
         return seg.side_pooled
     return tuple(pool_video(g, stages, guide).flatten() for g in seg.side_grids)
-
-
-def chunk_plan(stages, chunk: int) -> tuple[bool, int, str]:
-    """(frame_local, temporal_reduction, reason): can `stages` be applied chunk by chunk at `chunk` grid frames?"""
-    size, reduction = chunk, 1
-    for stage in stages or ():
-        kind = stage["type"]
-        if is_guided(stage):
-            return False, reduction, f"{kind} depends on question scores over the whole video"
-        if kind == "progressive":
-            if size % stage["group"]:
-                return False, reduction, (
-                    f"a chunk of {chunk} frames gives {size} frames at the progressive stage, not a multiple of its "
-                    f"group {stage['group']}"
-                )
-        elif kind == "temporal":
-            if stage["kernel"] != stage["stride"]:
-                return False, reduction, "temporal kernel != stride: windows overlap chunk borders"
-            if size % stage["stride"]:
-                return False, reduction, f"chunk of {size} frames is not a multiple of the temporal stride"
-            size //= stage["stride"]
-            reduction *= stage["stride"]
-        elif kind == "conv3d":
-            if stage.get("output") is not None or stage.get("kernel") is None or stage.get("stride") is None:
-                return False, reduction, "conv3d with 'output' solves its window from the whole video's frame count"
-            kt, st = stage["kernel"][0], stage["stride"][0]
-            if kt != st or size % st:
-                return False, reduction, "conv3d temporal kernel != stride or not dividing the chunk"
-            size //= st
-            reduction *= st
-        else:
-            return False, reduction, f"{kind} pools to a size that depends on the whole video"
-    return True, reduction, ""
 
 
 def _chunks(total: int, chunk: int, reduction: int) -> list[tuple[int, int]]:

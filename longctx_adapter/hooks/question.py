@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from longctx_adapter.errors import AdapterError
 from longctx_adapter.hooks.scorer import HALF, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, Scorer, resolve_scorer
 from longctx_adapter.ops.guided import Guide
-from longctx_adapter.ops.pooling import is_guided
+from longctx_adapter.ops.stages import parse_stages
 
 __all__ = ["Guidance", "build_guidance", "question_texts"]
 
@@ -60,7 +60,7 @@ _PATCH_ROWS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 
 def build_guidance(model, family, config, scorer=None, tokenizer=None):
     """The handle's Guidance, or None when no pooling stage depends on the question (then scorer= is unused)."""
-    if not config.pooling or not any(is_guided(stage) for stage in config.pooling):
+    if not any(stage.guided for stage in parse_stages(config.pooling)):
         return None
     return Guidance(model, family, config, scorer, tokenizer)
 
@@ -82,11 +82,11 @@ class Guidance:
 
     def __init__(self, model, family, config, scorer, tokenizer):
         self.model_type = model.config.model_type
-        stages = [s for s in config.pooling if is_guided(s)]
-        named = next((s["scorer"] for s in stages if s.get("scorer") is not None), None)
+        stages = [s for s in parse_stages(config.pooling) if s.guided]
+        named = next((s.scorer for s in stages if getattr(s, "scorer", None) is not None), None)
         spec = scorer if scorer is not None else named
         if spec is None:
-            kinds = sorted({s["type"] if s["type"] != "progressive" else "progressive anchor 'score'" for s in stages})
+            kinds = sorted({s.describe() for s in stages})
             raise AdapterError(
                 f"the pooling stages {kinds} need a question scorer and none is available; pass "
                 "apply_adapter(model, config, scorer=Scorer(clip_model, clip_tokenizer)) (or a local CLIP/SigLIP "
@@ -95,7 +95,7 @@ class Guidance:
         self.scorer: Scorer = resolve_scorer(spec)
         self.tokenizer, norm = _split_processor(tokenizer, self.model_type)
         self.input_norm = norm or _INPUT_NORM.get(self.model_type, (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD))
-        self.frame_level = any(s.get("score") == "global" for s in stages)
+        self.frame_level = any(getattr(s, "score", None) == "global" for s in stages)
         self.placeholders = {
             int(v)
             for v in (getattr(model.config, "image_token_id", None), getattr(model.config, "video_token_id", None))

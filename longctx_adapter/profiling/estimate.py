@@ -33,7 +33,8 @@ import math
 from functools import lru_cache
 
 from longctx_adapter.errors import AdapterError
-from longctx_adapter.ops.pooling import count_tokens, pooled_frame_sizes
+from longctx_adapter.ops.pooling import chunk_plan, count_tokens, pooled_shape
+from longctx_adapter.ops.stages import GridShape, parse_stages
 
 __all__ = ["estimate_memory", "max_frames", "param_bytes"]
 
@@ -199,8 +200,6 @@ def _llava_vision(config, frames, stages, chunk, b, onevision: bool, cpu: bool =
     d, i = v.hidden_size, v.intermediate_size
     c = min(frames, chunk or frames)
     if stages:
-        from longctx_adapter.hooks.chunking import chunk_plan
-
         local = c >= frames or chunk_plan(stages, c)[0]
     else:
         local = True
@@ -236,7 +235,7 @@ def _llava_vision(config, frames, stages, chunk, b, onevision: bool, cpu: bool =
             post = kept_hidden + 2 * N * h * b + pooled + scratch
             post = max(post, kept_hidden + 2 * pooled)
         else:  # adapter: identity pooling, cat with the newline, then the adapter's pooling and two cats
-            biggest_group = _largest_stride_group(stages, c, side) * side * side * h * b
+            biggest_group = _op_scratch_tokens(stages, c, side) * h * b
             post = kept_hidden + 2 * N * h * b
             post = max(post, kept_hidden + N * h * b + biggest_group + 2 * P * h * b)
         chunk_peak = max(encoder, proj, post)
@@ -270,18 +269,19 @@ def _llava_vision(config, frames, stages, chunk, b, onevision: bool, cpu: bool =
     }
 
 
-def _largest_stride_group(stages, frames, side) -> int:
-    """Frames gathered (index_select copy) for the largest same-stride group of the progressive stage (0 if none)."""
-    from longctx_adapter.ops.pooling import _frame_strides
-
-    for stage in stages:
-        if stage["type"] == "progressive":
-            schedule = _frame_strides(frames, side, side, stage["group"], stage["strides"])
-            counts = {}
-            for s in schedule:
-                counts[s] = counts.get(s, 0) + (0 if s == 1 else 1)
-            return max(counts.values())
-    return 0
+def _op_scratch_tokens(stages, frames, side) -> int:
+    """Token vectors the largest pooling op holds beyond its input and output (e.g. progressive's same-stride
+    gather), each stage on the grid it sees."""
+    shape, most = GridShape(frames, side, side), 0
+    for stage in parse_stages(stages):
+        most = max(most, stage.scratch_tokens(shape))
+        try:
+            shape = stage.output_shape(shape)
+        except AdapterError:  # a chunk shorter than a temporal window: the full video decides, not this estimate
+            break
+        if not isinstance(shape, GridShape):
+            break
+    return most
 
 
 # ------------------------------------------------------------------------------------------------ Qwen-VL family
@@ -333,7 +333,7 @@ def _qwen_vision(config, frames, stages, chunk, b, frame_size) -> dict:
         peak = chunk_peak
         kept = full_n * d * b + (0 if stages else full_n // (merge * merge) * out_h * b * deepstack)
     # vision start/end (Qwen3-VL: + 3 timestamp tokens per block, and the outer pair); merging frames deletes blocks
-    blocks = len(pooled_frame_sizes(t, hp // merge, wp // merge, stages)) if stages else t
+    blocks = pooled_shape(t, hp // merge, wp // merge, stages).frames if stages else t
     extra_text = 5 * blocks + 2 if kind == "qwen3_vl" else 2
     features = (tokens_before if stages is None else P) * out_h * b * (1 + deepstack)
     return {
