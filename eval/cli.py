@@ -7,12 +7,18 @@ import sys
 
 from longctx_adapter.errors import AdapterError
 
-__all__ = ["add_ablate_parser", "add_niah_parser", "add_run_parser"]
+__all__ = ["ablation_bases", "add_ablate_parser", "add_niah_parser", "add_run_parser"]
 
 _CONFIG_HELP = (
-    "adapter config: 'preset' (the family preset, default), 'none' (stock model), a JSON AdapterConfig dict or "
-    "pooling stage, or shorthands joined with '+': progressive:S_H,S_L,K | temporal:K,S | adaptive3d:T,H,W | "
-    "conv3d:kt,kh,kw and yarn-all | yarn-visual | linear-all | ntk-visual | pi-all ... (optionally @WINDOW)"
+    "adapter config (grammar: docs/configuration.md): preset | saved | none (stock model) | a JSON config or stage | "
+    "a .json file | shorthands joined with '+', e.g. progressive:2,8,4+yarn-visual+chunk:8. Default: the model "
+    "folder's saved longctx_adapter.json (it wins over the preset), else the family preset"
+)
+_ABLATE_CONFIG_HELP = (
+    "base config of the grid, repeatable (one set of cells per base; same grammar as run --config: preset | saved | "
+    "none | JSON | .json file | shorthands joined with '+'). Each --grid axis replaces that field of the base. "
+    "Default: the model folder's saved longctx_adapter.json (it wins over everything else), else none (the stock "
+    "model)"
 )
 
 
@@ -50,7 +56,7 @@ def add_run_parser(sub) -> argparse.ArgumentParser:
     sampling.add_argument("--frames", type=int, default=32, help="frames sampled uniformly (default 32)")
     sampling.add_argument("--fps", type=float, default=None, help="sample at this rate instead (see --max-frames)")
     run.add_argument("--max-frames", type=int, default=None, help="cap on frames with --fps")
-    run.add_argument("--config", default="preset", help=_CONFIG_HELP)
+    run.add_argument("--config", default=None, help=_CONFIG_HELP)
     run.add_argument("--max-new-tokens", type=int, default=128)
     run.set_defaults(func=_run)
     return run
@@ -171,9 +177,11 @@ def add_ablate_parser(sub) -> argparse.ArgumentParser:
     ablate.add_argument("--limit", type=int, default=None, help="first N items only")
     ablate.add_argument("--frames", default="32", help="frame counts, e.g. 32,64,128 (default 32)")
     ablate.add_argument("--fps", type=float, default=None, help="sample at this rate, --frames being the cap")
+    ablate.add_argument("--config", action="append", default=None, metavar="CONFIG", help=_ABLATE_CONFIG_HELP)
     ablate.add_argument("--grid", action="append", default=[], metavar="AXIS=V1,V2",
                         help="an axis of the grid: pooling=none,progressive:2,8,4 or rope=none,yarn-all,yarn-visual "
-                        "(repeat for each axis; default pooling=none)")
+                        "(values in the config grammar; repeat for each axis; default: the base config alone, or "
+                        "pooling=none without one)")
     ablate.add_argument("--mode", choices=("loglik", "generate", "both"), default="loglik",
                         help="loglik: teacher-forced option likelihood; generate: greedy answer + matching")
     ablate.add_argument("--target", choices=("letter", "text", "both"), default="letter",
@@ -186,6 +194,18 @@ def add_ablate_parser(sub) -> argparse.ArgumentParser:
     return ablate
 
 
+def ablation_bases(configs, model_path, model_type, visual_window=None):
+    """(label, config) bases of an ablation: each --config, else the folder's saved config, else None (stock)."""
+    from longctx_adapter.config_text import parse_config, saved_config_path
+
+    if configs:
+        return [(text, parse_config(text, model_type, folder=model_path, visual_window=visual_window))
+                for text in configs]
+    if saved_config_path(model_path) is not None:
+        return [("saved", parse_config("saved", model_type, folder=model_path, visual_window=visual_window))]
+    return None
+
+
 def _ablate(args) -> int:
     from accelerate import PartialState
     from longctx_adapter.eval.ablate import parse_frames, run_ablation, summarize, to_markdown
@@ -196,7 +216,8 @@ def _ablate(args) -> int:
 
     frames = parse_frames(args.frames)
     model_type = AutoConfig.from_pretrained(args.model).model_type
-    cells = expand_grid(args.grid, model_type, args.visual_window)  # refuse bad grids before loading anything
+    bases = ablation_bases(args.config, args.model, model_type, args.visual_window)
+    cells = expand_grid(args.grid, model_type, args.visual_window, bases)  # refuse bad grids before loading anything
     tasks = args.tasks.split(",") if args.tasks else None
     items = load_dataset(args.dataset, args.kind, args.video_dir, tasks=tasks, limit=args.limit)
     import torch

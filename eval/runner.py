@@ -7,7 +7,8 @@
 
 It loads the checkpoint with ``AutoModelForImageTextToText`` and its ``AutoProcessor`` (or the torch-only
 fallback processor for LLaVA-family checkpoints when torchvision is missing), samples the frames, applies the
-adapter (``--config preset`` by default, ``none`` for the stock model), streams the answer, and prints what the
+adapter (by default the model folder's saved ``longctx_adapter.json``, else the family preset; ``--config none``
+for the stock model), streams the answer, and prints what the
 adapter did: frames, visual tokens before and after pooling, RoPE factor, peak memory and time.
 """
 
@@ -162,7 +163,7 @@ def run_question(
     frames: int | None = 32,
     fps: float | None = None,
     max_frames: int | None = None,
-    config: str | None = "preset",
+    config: str | None = None,
     visual_window: int | None = None,
     max_new_tokens: int = 128,
     dtype: str = "auto",
@@ -171,21 +172,26 @@ def run_question(
     backend: str = "pyav",
     out=None,
 ) -> dict:
-    """What ``longctx-adapter run`` does; returns the answer and the adapter's report (also printed to ``out``)."""
+    """What ``longctx-adapter run`` does; returns the answer and the adapter's report (also printed to ``out``).
+
+    config: any form of the config grammar (docs/configuration.md); None: the folder's saved
+    ``longctx_adapter.json``, else the family preset."""
     from pathlib import Path
 
-    from longctx_adapter.eval.configs import parse_config_text
     from longctx_adapter.eval.video import load_video, video_inputs
     from transformers import AutoConfig, TextStreamer
 
     from longctx_adapter import apply_adapter
+    from longctx_adapter.config_text import config_source, parse_config
 
     out = out or sys.stdout
     if not Path(model_path).exists():
         raise AdapterError(f"model folder not found: {model_path} (run loads local checkpoints only)")
     # Refuse a bad video or config before loading any weights.
     clip = load_video(video, None if fps is not None else frames, fps=fps, max_frames=max_frames, backend=backend)
-    adapter = parse_config_text(config, AutoConfig.from_pretrained(model_path).model_type, visual_window)
+    model_type = AutoConfig.from_pretrained(model_path).model_type
+    adapter = parse_config(config, model_type, folder=model_path, visual_window=visual_window)
+    source = config_source(config, model_path)
     model, proc = load_model(model_path, dtype=dtype, device=device, processor=processor)
     model_type = model.config.model_type
     inputs = video_inputs(proc, clip, question, model_type=model_type).to(model.device)
@@ -226,7 +232,8 @@ def run_question(
     span = f"{clip.timestamps[0]:.2f}-{clip.timestamps[-1]:.2f} s" if len(clip) else ""
     print("", file=out)
     print("adapter report:", file=out)
-    print(f"  config        : {'none (stock model)' if adapter is None else adapter.to_json()}", file=out)
+    described = "none (stock model)" if adapter is None else f"{adapter.to_json()} ({source})"
+    print(f"  config        : {described}", file=out)
     print(f"  frames        : {len(clip)} of {clip.total_frames} ({span}, {clip.backend})", file=out)
     print(f"  visual tokens : {before} -> {after}", file=out)
     print(f"  rope factor   : {report['rope_factor'] if factors else 'stock RoPE'}", file=out)

@@ -3,8 +3,10 @@
 Model args (``--model_args key=value,...``):
 
 - ``pretrained``: local checkpoint folder (or hub id, if your machine can reach it);
-- ``adapter``: ``preset`` (default), ``none`` (stock model), a JSON AdapterConfig (quote it), or shorthands joined
-  with ``+`` where ``/`` stands for ``,`` (commas separate model args): ``progressive:2/8/4+yarn-visual``;
+- ``adapter``: any form of the config grammar (docs/configuration.md): ``preset``, ``saved``, ``none`` (stock
+  model), a JSON config (quote it) or a path to a .json file, or shorthands joined with ``+`` where ``/`` stands for
+  ``,`` (commas separate model args): ``progressive:2/8/4+yarn-visual``. Default: the model folder's saved
+  ``longctx_adapter.json``, else the family preset;
 - ``visual_window``: the visual training window for RoPE shorthands when the preset does not know it;
 - ``max_frames_num`` (32): frames sampled uniformly from each video; ``fps``: sample at that rate instead, capped
   at ``max_frames_num``;
@@ -55,7 +57,7 @@ class LongctxAdapter(lmms):
     def __init__(
         self,
         pretrained: str,
-        adapter: str | None = "preset",
+        adapter: str | None = None,
         visual_window: int | None = None,
         max_frames_num: int = 32,
         fps: float | None = None,
@@ -71,10 +73,10 @@ class LongctxAdapter(lmms):
     ) -> None:
         super().__init__()
         from accelerate import PartialState
-        from longctx_adapter.eval.configs import parse_config_text
         from longctx_adapter.eval.runner import load_model
 
         from longctx_adapter import apply_adapter
+        from longctx_adapter.config_text import parse_config
 
         if kwargs:
             logger.warning(f"longctx_adapter: ignoring unknown model args {sorted(kwargs)}")
@@ -91,9 +93,8 @@ class LongctxAdapter(lmms):
                                                 attn_implementation=attn_implementation)
         self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
         self.model_type = self.model.config.model_type
-        adapter_text = None if adapter is None else str(adapter).replace("/", ",")
-        self.adapter_config = parse_config_text(adapter_text, self.model_type,
-                                                int(visual_window) if visual_window else None)
+        self.adapter_config = parse_config(adapter, self.model_type, folder=pretrained,
+                                           visual_window=int(visual_window) if visual_window else None)
         self.handle = apply_adapter(self.model, self.adapter_config) if self.adapter_config is not None else None
         self.max_frames_num = int(max_frames_num)
         self.fps = float(fps) if fps else None

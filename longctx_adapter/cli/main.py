@@ -40,12 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="seed of the model weights and the video")
     demo.add_argument(
         "--config",
-        metavar="JSON",
+        metavar="CONFIG",
         default=None,
-        help="adapter config as JSON: one pooling stage, a list of stages, null (pooling off), or a full config "
-        'dict {"pooling": ..., "rope": null, "pool_single_images": false}. Default: the trained model\'s shipped '
-        "longctx_adapter.json; with --random "
-        '{"type": "progressive", "group": 4, "strides": [2, 7], "mode": "bilinear"} (the tiny grid is 7x7)',
+        help="adapter config in the grammar of every command (docs/configuration.md): shorthands joined with '+' "
+        "(e.g. progressive:2,4,4+yarn-visual@64), a JSON config or stage, a .json file, saved (the trained model's "
+        "shipped longctx_adapter.json), or none/null (pooling off). Default: the trained model's shipped "
+        "longctx_adapter.json; with --random progressive:2,7,4 (the tiny grid is 7x7)",
     )
     demo.set_defaults(func=_demo)
     _add_profile_command(sub)

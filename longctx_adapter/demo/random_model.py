@@ -11,7 +11,6 @@ uses strides [2, 7] instead, which keeps the same share of tokens (19/64 on 7x7 
 
 from __future__ import annotations
 
-import json
 import multiprocessing as mp
 import resource
 import statistics
@@ -19,6 +18,7 @@ import sys
 import time
 
 from longctx_adapter.config import AdapterConfig
+from longctx_adapter.config_text import parse_config
 from longctx_adapter.errors import AdapterError
 from longctx_adapter.ops.pooling import count_tokens
 from longctx_adapter.profiling.profiler import kv_cache_bytes
@@ -34,16 +34,10 @@ _REAL_GRID = 27  # LLaVA-OneVision's SigLIP-384 grid (384 px / patch 14)
 
 
 def demo_config(spec: str | None = None) -> AdapterConfig:
-    """The demo's AdapterConfig; `spec` is JSON: one pooling stage, a list of stages, null, or a full config dict."""
+    """The demo's AdapterConfig: `spec` in the config grammar (docs/configuration.md); `none`/null = pooling off."""
     if spec is None:
         return AdapterConfig(pooling=DEMO_POOLING)
-    try:
-        data = json.loads(spec)
-    except json.JSONDecodeError as exc:
-        raise AdapterError(f"--config is not valid JSON: {exc}") from exc
-    if data is None or isinstance(data, list) or (isinstance(data, dict) and "type" in data):
-        return AdapterConfig(pooling=data)  # a pooling spec
-    return AdapterConfig.from_dict(data)  # {"pooling": ..., "rope": ..., "pool_single_images": ...}
+    return parse_config(spec, MODEL_TYPE) or AdapterConfig()
 
 
 def _tiny_grid() -> int:

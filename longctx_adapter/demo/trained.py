@@ -18,6 +18,7 @@ import sys
 import time
 
 from longctx_adapter.config import AdapterConfig
+from longctx_adapter.config_text import parse_config
 from longctx_adapter.errors import AdapterError
 from longctx_adapter.profiling.profiler import kv_cache_bytes
 
@@ -102,17 +103,12 @@ def _in_fresh_process(*args) -> dict:
 
 
 def _config_from(spec) -> AdapterConfig:
+    """--config in the config grammar (docs/configuration.md); `saved` is the config shipped beside the weights."""
     if spec is None:
         return recommended_config()
     if isinstance(spec, AdapterConfig):
         return spec
-    try:
-        data = json.loads(spec)
-    except json.JSONDecodeError as exc:
-        raise AdapterError(f"--config is not valid JSON: {exc}") from exc
-    if data is None or isinstance(data, list) or (isinstance(data, dict) and "type" in data):
-        return AdapterConfig(pooling=data)  # a pooling spec alone
-    return AdapterConfig.from_dict(data)
+    return parse_config(spec, "llava_onevision", folder=model_dir()) or AdapterConfig()
 
 
 def run_trained_demo(frames: int = 64, questions: int = 12, seed: int = 0, config=None) -> list[dict]:

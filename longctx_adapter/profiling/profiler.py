@@ -52,11 +52,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from longctx_adapter.config import AdapterConfig
+from longctx_adapter.config_text import parse_config as parse_text_config
+from longctx_adapter.config_text import saved_config_path
 from longctx_adapter.errors import AdapterError
 from longctx_adapter.profiling.estimate import estimate_memory
 
 __all__ = [
     "STAGES",
+    "default_configs",
     "parse_config",
     "plot_memory",
     "profile",
@@ -73,84 +76,32 @@ _DTYPES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float
 _MMAP_THRESHOLD = str(1 << 20)
 
 
-# ---------------------------------------------------------------------------------------------------- config shorthands
+# ---------------------------------------------------------------------------------------------------- configs
 
 
-def _ints(text: str, count: int | None, what: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise AdapterError(f"{what}: expected comma-separated integers, got {text!r}") from None
-    if count is not None and len(values) != count:
-        raise AdapterError(f"{what}: expected {count} integers, got {text!r}")
-    return values
-
-
-def parse_config(spec) -> tuple[str, dict | None]:
-    """(label, AdapterConfig dict or None for the stock model) from a shorthand, a JSON string, a dict or a config.
-
-    Shorthands, joined with '+' to combine: `none` (stock, no adapter), `progressive:S_H,S_L,K` (strides then group;
-    `progressive:S,S,1` for one stride everywhere), `temporal:K,S`, `adaptive3d:T,H,W`, `conv3d:kt,kh,kw` (stride =
-    kernel), `yarn:WINDOW[:all|visual]`, `chunk:N` (vision_chunk_frames), `lastlogits` (last_logits_only).
-    A JSON object is either a full AdapterConfig dict or one pooling stage.
-    """
+def parse_config(spec, model_type: str | None = None, folder=None) -> tuple[str, dict | None]:
+    """(label, AdapterConfig dict or None for the stock model) from any form of the config grammar
+    (longctx_adapter.config_text, docs/configuration.md): `none`, `preset`, `saved`, shorthands joined with '+'
+    (`progressive:2,8,4+yarn-visual+chunk:16+lastlogits`), JSON text or a .json file, a dict or an AdapterConfig.
+    The label is the text as given (JSON of a dict)."""
     if spec is None:
         return "none", None
     if isinstance(spec, AdapterConfig):
-        return spec.to_json(), spec.to_dict()
-    if isinstance(spec, Mapping):
-        data = dict(spec)
-        label = json.dumps(data, sort_keys=True)
-        return label, _config_dict(data)
-    text = str(spec).strip()
-    if text.startswith("{"):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise AdapterError(f"config {text!r} is not valid JSON: {exc}") from exc
-        return text, _config_dict(data)
-    if text.lower() in ("none", "stock"):
-        return "none", None
-    stages, fields = [], {}
-    for part in text.split("+"):
-        name, _, args = part.strip().partition(":")
-        name = name.lower()
-        if name == "progressive":
-            values = _ints(args, None, "progressive:S_H,S_L,K")
-            if len(values) != 3:
-                raise AdapterError(f"progressive needs S_H,S_L,K (strides then group), got {args!r}")
-            s_h, s_l, group = values
-            strides = [s_h] if s_h == s_l or group == 1 else [s_h, s_l]
-            stages.append({"type": "progressive", "group": group, "strides": strides, "mode": "bilinear"})
-        elif name == "temporal":
-            kernel, stride = _ints(args, 2, "temporal:K,S")
-            stages.append({"type": "temporal", "kernel": kernel, "stride": stride})
-        elif name == "adaptive3d":
-            stages.append({"type": "adaptive3d", "output": _ints(args, 3, "adaptive3d:T,H,W")})
-        elif name == "conv3d":
-            kernel = _ints(args, 3, "conv3d:kt,kh,kw")
-            stages.append({"type": "conv3d", "kernel": kernel, "stride": kernel})
-        elif name == "yarn":
-            window, _, scope = args.partition(":")
-            fields["rope"] = {"type": "yarn", "visual_window": _ints(window, 1, "yarn:WINDOW")[0],
-                              "scope": scope or "all"}
-        elif name == "chunk":
-            fields["vision_chunk_frames"] = _ints(args, 1, "chunk:N")[0]
-        elif name == "lastlogits":
-            fields["last_logits_only"] = True
-        else:
-            raise AdapterError(
-                f"unknown config shorthand {part!r}; use none, progressive:S_H,S_L,K, temporal:K,S, adaptive3d:T,H,W, "
-                "conv3d:kt,kh,kw, yarn:WINDOW[:all|visual], chunk:N, lastlogits (joined with '+'), or a JSON dict"
-            )
-    data = {"pooling": stages or None, "rope": None, **fields}
-    return text, AdapterConfig.from_dict(data).to_dict()
+        label = spec.to_json()
+    elif isinstance(spec, Mapping):
+        label = json.dumps(dict(spec), sort_keys=True)
+    else:
+        label = str(spec).strip()
+    config = parse_text_config(spec, model_type, folder=folder)
+    if config is None and label.lower() == "stock":
+        label = "none"
+    return label, None if config is None else config.to_dict()
 
 
-def _config_dict(data) -> dict:
-    if isinstance(data, Mapping) and "type" in data:
-        return AdapterConfig(pooling=data).to_dict()
-    return AdapterConfig.from_dict(data).to_dict()
+def default_configs(model) -> list[str]:
+    """`profile` without --config: the stock model, then the folder's saved config if `model` is a folder with
+    one, else progressive:2,8,4."""
+    return ["none", "saved" if saved_config_path(model) is not None else "progressive:2,8,4"]
 
 
 # ---------------------------------------------------------------------------------------------------- memory probes
@@ -538,7 +489,8 @@ def profile(
 
     model_or_preset: a real-size preset name (`sizes.PRESETS`), a local HF checkpoint/config directory (random
         weights unless `load_weights=True`), or a model object (measured in this process, no truncation).
-    configs: shorthands (`parse_config`), JSON strings, dicts or AdapterConfigs; "none" is the stock model.
+    configs: any form of the config grammar (`parse_config`: shorthands, `preset`, `saved` for a folder's
+        longctx_adapter.json, JSON text or files), dicts or AdapterConfigs; "none" is the stock model.
     layers / vision_layers: truncate a preset's decoder / vision tower (vision_layers defaults to layers).
     measure: False gives estimator-only rows (`method: estimated`), e.g. for full size on a small machine;
         `measure_max_frames=N` measures rows up to N frames and estimates the longer ones.
@@ -552,12 +504,13 @@ def profile(
     dtype_name = _DTYPES.get(str(dtype).replace("torch.", "").lower())
     if dtype_name is None:
         raise AdapterError(f"unknown dtype {dtype!r}; use bf16, fp16 or fp32")
-    parsed = [parse_config(c) for c in configs]
     frames = [int(f) for f in frames]
     if not frames or min(frames) < 1:
         raise AdapterError(f"frames must be positive integers, got {frames}")
     model_obj = model_or_preset if kind == "model" else None
     full_config, run_config, name = _configs(kind, source, model_obj, layers, vision_layers)
+    folder = source if kind == "path" else None
+    parsed = [parse_config(c, full_config.model_type, folder) for c in configs]
 
     base = {
         "kind": kind, "model": source, "layers": layers, "vision_layers": vision_layers, "dtype": dtype_name,
@@ -875,9 +828,10 @@ def add_profile_arguments(parser) -> None:
         action="append",
         default=None,
         metavar="SPEC",
-        help="adapter config, repeatable: none | progressive:S_H,S_L,K | temporal:K,S | adaptive3d:T,H,W | "
-        "conv3d:kt,kh,kw | yarn:WINDOW[:all|visual] | chunk:N | lastlogits, joined with '+', or a JSON dict "
-        "(default: none and progressive:2,8,4)",
+        help="adapter config, repeatable (grammar: docs/configuration.md): none | preset | saved | a JSON config "
+        "or stage | a .json file | shorthands joined with '+', e.g. progressive:2,8,4+yarn-visual+chunk:16. "
+        "Default: none and, for a model folder with a saved longctx_adapter.json, that saved config (it wins over "
+        "the preset), else none and progressive:2,8,4",
     )
     parser.add_argument("--layers", type=int, default=None, help="decoder layers to run (truncate; default: all)")
     parser.add_argument(
@@ -901,7 +855,7 @@ def run_profile_cli(args) -> int:
     from tqdm import tqdm
 
     frames = [int(f) for f in str(args.frames).split(",") if f.strip()]
-    configs = args.config or ["none", "progressive:2,8,4"]
+    configs = args.config or default_configs(args.model)
     frame_size = None
     if args.frame_size:
         frame_size = [int(x) for x in args.frame_size.lower().split("x")]
