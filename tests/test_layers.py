@@ -18,7 +18,7 @@ FOLDERS = {"longctx_adapter": ROOT / "longctx_adapter", "longctx_adapter.patches
 LAYERS = [
     ("errors", ["longctx_adapter.errors"]),
     ("ops", ["longctx_adapter.ops"]),
-    ("config", ["longctx_adapter.config", "longctx_adapter.compat"]),
+    ("config", ["longctx_adapter.config", "longctx_adapter.config_text", "longctx_adapter.compat"]),
     ("hooks", ["longctx_adapter.hooks", "longctx_adapter.patches", "longctx_adapter.saving"]),
     ("api", ["longctx_adapter.api", "longctx_adapter.__init__"]),
     ("testing", ["longctx_adapter.testing"]),

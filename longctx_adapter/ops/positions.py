@@ -62,5 +62,5 @@ def frame_sources(
         indicator = torch.zeros(frames, 1, 1, hi - lo)
         indicator[torch.arange(lo, hi), 0, 0, torch.arange(hi - lo)] = 1.0
         pooled = pool_video(indicator.expand(frames, height, width, hi - lo), stages, guide, trace=trace)
-        parts.append(torch.stack([f.reshape(-1, hi - lo).abs().amax(0) > 0 for f in pooled.frames]))
+        parts.append(torch.stack([f.reshape(-1, hi - lo).ne(0).any(0) for f in pooled.frames]))
     return [tuple(row.nonzero().squeeze(1).tolist()) for row in torch.cat(parts, dim=1)]
