@@ -8,7 +8,7 @@ lmms-eval plugin's `adapter=` model argument. The reference is docs/configuratio
 
 `/` may stand for `,` inside a term (`progressive:2/8/4`), for places where commas separate other things (lmms-eval
 model arguments, `--grid` value lists). A JSON text or file holds a full AdapterConfig dict, one stage dict, a list
-of stage dicts, or null (pooling off). Without a config, a command on a model folder uses the folder's saved
+of stage dicts, or null (the stock model, like `none`). Without a config, a command on a model folder uses the folder's saved
 `longctx_adapter.json`, else the family preset (`default_config`).
 
 Config layer: imports only the config and the ops (stage registry), so it parses without transformers.
@@ -120,9 +120,9 @@ def config_source(spec, folder=None) -> str:
 
 
 def _from_data(data) -> AdapterConfig | None:
-    """JSON data: a full config dict, one stage dict, a list of stages, or null (pooling off)."""
+    """JSON data: a full config dict, one stage dict, a list of stages, or null (the stock model)."""
     if data is None:
-        return AdapterConfig()
+        return None
     if isinstance(data, list) or (isinstance(data, Mapping) and "type" in data):
         return AdapterConfig(pooling=data)
     if isinstance(data, Mapping):
@@ -325,7 +325,7 @@ def format_config(config: AdapterConfig | None) -> str:
         terms.append("lastlogits")
     if config.pool_single_images:
         terms.append("pool_single_images")
-    return "+".join(terms) if terms else "null"
+    return "+".join(terms) if terms else "{}"
 
 
 def split_values(text: str) -> list[str]:

@@ -137,7 +137,7 @@ def test_no_import_circles():
 
 def test_ops_and_config_import_without_transformers():
     script = (
-        "import sys; import longctx_adapter.ops, longctx_adapter.config\n"
+        "import sys; import longctx_adapter.ops, longctx_adapter.config, longctx_adapter.config_text\n"
         "import pkgutil, importlib, longctx_adapter.ops as ops\n"
         "for m in pkgutil.walk_packages(ops.__path__, 'longctx_adapter.ops.'): importlib.import_module(m.name)\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('transformers', 'accelerate')))"

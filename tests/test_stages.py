@@ -45,7 +45,6 @@ from longctx_adapter.ops.stages import (
     unregister_stage,
 )
 from longctx_adapter.ops.stages.base import positive_int, shorthand_ints
-from longctx_adapter.ops.stages.progressive import Progressive
 from longctx_adapter.ops.stages.windows import check_grid, grid_name
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

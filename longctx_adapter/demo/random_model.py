@@ -17,8 +17,8 @@ import statistics
 import sys
 import time
 
+from longctx_adapter import config_text
 from longctx_adapter.config import AdapterConfig
-from longctx_adapter.config_text import parse_config
 from longctx_adapter.errors import AdapterError
 from longctx_adapter.ops.pooling import count_tokens
 from longctx_adapter.profiling.profiler import kv_cache_bytes
@@ -37,7 +37,7 @@ def demo_config(spec: str | None = None) -> AdapterConfig:
     """The demo's AdapterConfig: `spec` in the config grammar (docs/configuration.md); `none`/null = pooling off."""
     if spec is None:
         return AdapterConfig(pooling=DEMO_POOLING)
-    return parse_config(spec, MODEL_TYPE) or AdapterConfig()
+    return config_text.parse_config(spec, MODEL_TYPE) or AdapterConfig()
 
 
 def _tiny_grid() -> int:

@@ -17,8 +17,8 @@ import resource
 import sys
 import time
 
+from longctx_adapter import config_text
 from longctx_adapter.config import AdapterConfig
-from longctx_adapter.config_text import parse_config
 from longctx_adapter.errors import AdapterError
 from longctx_adapter.profiling.profiler import kv_cache_bytes
 
@@ -108,7 +108,7 @@ def _config_from(spec) -> AdapterConfig:
         return recommended_config()
     if isinstance(spec, AdapterConfig):
         return spec
-    return parse_config(spec, "llava_onevision", folder=model_dir()) or AdapterConfig()
+    return config_text.parse_config(spec, "llava_onevision", folder=model_dir()) or AdapterConfig()
 
 
 def run_trained_demo(frames: int = 64, questions: int = 12, seed: int = 0, config=None) -> list[dict]:

@@ -51,9 +51,8 @@ import traceback
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from longctx_adapter import config_text
 from longctx_adapter.config import AdapterConfig
-from longctx_adapter.config_text import parse_config as parse_text_config
-from longctx_adapter.config_text import saved_config_path
 from longctx_adapter.errors import AdapterError
 from longctx_adapter.profiling.estimate import estimate_memory
 
@@ -92,7 +91,7 @@ def parse_config(spec, model_type: str | None = None, folder=None) -> tuple[str,
         label = json.dumps(dict(spec), sort_keys=True)
     else:
         label = str(spec).strip()
-    config = parse_text_config(spec, model_type, folder=folder)
+    config = config_text.parse_config(spec, model_type, folder=folder)
     if config is None and label.lower() == "stock":
         label = "none"
     return label, None if config is None else config.to_dict()
@@ -101,7 +100,7 @@ def parse_config(spec, model_type: str | None = None, folder=None) -> tuple[str,
 def default_configs(model) -> list[str]:
     """`profile` without --config: the stock model, then the folder's saved config if `model` is a folder with
     one, else progressive:2,8,4."""
-    return ["none", "saved" if saved_config_path(model) is not None else "progressive:2,8,4"]
+    return ["none", "saved" if config_text.saved_config_path(model) is not None else "progressive:2,8,4"]
 
 
 # ---------------------------------------------------------------------------------------------------- memory probes
