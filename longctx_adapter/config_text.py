@@ -31,6 +31,7 @@ __all__ = [
     "config_source",
     "default_config",
     "format_config",
+    "parse_axis_value",
     "parse_config",
     "parse_grid_axis",
     "parse_pooling",
