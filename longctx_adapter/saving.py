@@ -17,10 +17,10 @@ import inspect
 import os
 
 from longctx_adapter.config import AdapterConfig
+from longctx_adapter.config_text import ADAPTER_CONFIG_NAME
 from longctx_adapter.errors import AdapterError
 from longctx_adapter.hooks.family import swapped
 
-ADAPTER_CONFIG_NAME = "longctx_adapter.json"
 _HUB_KEYS = ("revision", "cache_dir", "local_files_only", "token", "subfolder")
 
 
