@@ -1,0 +1,161 @@
+"""Which adapter config a vLLM engine serves, and whether an engine can honour it.
+
+Sources, first match wins:
+1. `hf_overrides={"longctx_adapter": {...}}` (or `--hf-overrides '{"longctx_adapter": {...}}'`): vLLM sets the dict
+   as an attribute of the model's HF config; `{"longctx_adapter": None}` serves the stock model even when the
+   folder holds a config.
+2. `longctx_adapter.json` in the model folder (what `save_pretrained` of an adapted model writes).
+3. Neither: the stock model, exactly.
+
+The config is validated by the same `AdapterConfig` as on the HF path, then checked for what a serving engine can
+do: parameter-free pooling only (question-guided stages need a scorer model run on each question), and a fixed
+RoPE factor (vLLM builds one rotary table per model, so the per-call factor s = visual tokens / visual_window cannot
+follow each request). Imports only the ops layer, config.py and errors.py: never transformers >= 5.24 code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from longctx_adapter.config import AdapterConfig
+from longctx_adapter.errors import AdapterError
+from longctx_adapter.ops.pooling import is_guided
+
+#: the file `save_pretrained` of an adapted model writes next to config.json (saving.ADAPTER_CONFIG_NAME)
+ADAPTER_CONFIG_NAME = "longctx_adapter.json"
+#: the key of `hf_overrides` (and so the HF config attribute) that carries an adapter config
+HF_OVERRIDES_KEY = "longctx_adapter"
+#: architectures whose vLLM classes the plugin replaces, by HF model_type
+SERVED_MODEL_TYPES = ("llava_onevision", "qwen2_vl", "qwen2_5_vl")
+
+
+@dataclass(frozen=True)
+class ServingAdapter:
+    """An adapter config an engine can serve, with where it came from (for messages)."""
+
+    config: AdapterConfig
+    source: str
+
+    @property
+    def pooling(self) -> tuple:
+        return tuple(self.config.pooling or ())
+
+    @property
+    def rope(self) -> dict | None:
+        return None if self.config.rope is None else dict(self.config.rope)
+
+
+def check_servable(config: AdapterConfig, source: str) -> None:
+    """Refuse what a vLLM engine cannot do, naming the fix; everything else is served as on the HF path."""
+    for position, stage in enumerate(config.pooling or (), start=1):
+        if is_guided(stage):
+            raise AdapterError(
+                f"{source}: pooling stage {position} ({stage['type']}"
+                f"{', anchor score' if stage.get('anchor') == 'score' else ''}) is question-guided: it scores every "
+                "frame against the question with a CLIP/SigLIP model, which the vLLM plugin does not run inside the "
+                "engine. Serve a parameter-free stage instead (progressive with anchor 'first', temporal, adaptive3d "
+                "or conv3d), or run question-guided pooling on the Hugging Face path (apply_adapter)"
+            )
+    rope = config.rope
+    if rope is None:
+        return
+    if rope.get("factor") is None:
+        window = rope.get("visual_window")
+        example = f"visual tokens of your longest video / {window}" if window else "longest visual run / visual_window"
+        raise AdapterError(
+            f"{source}: rope has no fixed 'factor', so the HF path computes s = visual tokens / visual_window for "
+            "every call; vLLM builds one rotary table per model and cannot change it per request. Add a fixed "
+            f"factor for the longest video you will serve, e.g. \"factor\": {example} (YaRN then covers that length "
+            "and keeps short videos close to stock), or set rope to null"
+        )
+    if rope["type"] == "interpolate":
+        raise AdapterError(
+            f"{source}: rope type 'interpolate' moves position ids per request, which a vLLM engine computes itself; "
+            "use type 'yarn', 'linear' or 'ntk' with a fixed 'factor'"
+        )
+    if rope.get("scope") != "all":
+        raise AdapterError(
+            f"{source}: rope scope {rope.get('scope')!r} rotates visual tokens differently from text in the same "
+            "sequence, but a vLLM engine has one rotary table for every token; use \"scope\": \"all\""
+        )
+
+
+def parse_adapter(data, source: str) -> ServingAdapter | None:
+    """A config dict (or AdapterConfig, or None) -> a checked ServingAdapter, or None for the stock model."""
+    if data is None:
+        return None
+    config = data if isinstance(data, AdapterConfig) else None
+    if config is None:
+        if not isinstance(data, Mapping):
+            raise AdapterError(
+                f"{source}: an adapter config must be a dict (or null for the stock model), got {type(data).__name__}"
+            )
+        try:
+            config = AdapterConfig.from_dict(data)
+        except AdapterError as err:
+            raise AdapterError(f"{source}: {err}") from None
+    if not config.pooling and config.rope is None:
+        return None  # every feature off: the stock model, by construction
+    check_servable(config, source)
+    return ServingAdapter(config, source)
+
+
+def read_folder_config(folder) -> ServingAdapter | None:
+    """The checked adapter config saved in a local model folder, or None when it has none."""
+    if folder is None or not os.path.isdir(os.fspath(folder)):
+        return None
+    path = os.path.join(os.fspath(folder), ADAPTER_CONFIG_NAME)
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise AdapterError(f"{path}: adapter config is not valid JSON: {err}") from None
+    return parse_adapter(data, path)
+
+
+def _hub_config_path(repo: str, revision) -> str | None:
+    """longctx_adapter.json of a Hub model id, when the Hub (or its local cache) has one."""
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return hf_hub_download(repo, ADAPTER_CONFIG_NAME, revision=revision)
+    except Exception:  # no such file, offline, gated: no saved adapter config to use
+        return None
+
+
+def serving_adapter(hf_config, model: str | None, revision=None) -> ServingAdapter | None:
+    """The adapter config an engine for this model serves (see the module docstring for the order)."""
+    if hasattr(hf_config, HF_OVERRIDES_KEY):
+        return parse_adapter(getattr(hf_config, HF_OVERRIDES_KEY), f"hf_overrides[{HF_OVERRIDES_KEY!r}]")
+    if model is None:
+        return None
+    if os.path.isdir(os.fspath(model)):
+        return read_folder_config(model)
+    path = _hub_config_path(str(model), revision)
+    if path is None:
+        return None
+    return read_folder_config(os.path.dirname(path))
+
+
+def adapter_for(model_config) -> ServingAdapter | None:
+    """serving_adapter() of a vLLM ModelConfig, computed once per distinct (override, model, revision).
+
+    Cached here rather than on the config object, which vLLM may pickle to other processes.
+    """
+    hf_config = model_config.hf_config
+    override = json.dumps(getattr(hf_config, HF_OVERRIDES_KEY), sort_keys=True, default=str) if hasattr(
+        hf_config, HF_OVERRIDES_KEY
+    ) else None
+    key = (override, str(model_config.model), str(getattr(model_config, "revision", None)))
+    if key not in _CACHE:
+        _CACHE[key] = serving_adapter(hf_config, model_config.model, getattr(model_config, "revision", None))
+    return _CACHE[key]
+
+
+_CACHE: dict[tuple, ServingAdapter | None] = {}

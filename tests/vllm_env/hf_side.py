@@ -1,0 +1,184 @@
+"""The Hugging Face side of the vLLM tests, run with the MAIN venv's python (transformers >= 5.24, the HF path).
+
+    python tests/vllm_env/hf_side.py OUT_DIR
+
+Builds the tiny checkpoints the vLLM engines load, the videos, and the adapted HF path's greedy tokens and
+per-step log-probabilities for every case, into OUT_DIR/cases.json. The vLLM venv (transformers < 5.20) cannot run
+the HF path, so the two sides meet only through these files.
+
+Checkpoints (random weights, fixed seeds, float32; head_dim 32 because vLLM's CPU attention supports head sizes
+32 and up, while the shared tiny factory uses 16):
+- `ov`: LLaVA-OneVision (SigLIP 28 px / patch 4 = 7x7 grid, Qwen2 decoder with 2 heads of 32). Its SigLIP weights
+  are renamed from transformers 5.x's `vision_tower.{embeddings,encoder,post_layernorm}.*` to the
+  `vision_tower.vision_model.*` layout that vLLM's own (un-plugged) class reads, so stock vLLM can load it too;
+  transformers loads both layouts (checked here: the reloaded weights are equal).
+- `ov_saved`: the same model saved by an adapted model's `save_pretrained` (transformers 5.x layout, plus
+  longctx_adapter.json): what a user serves with `vllm serve <folder>`.
+- `qwen`: Qwen2-VL (patch 4, merge 2: 32x32 frames -> 4x4 merged tokens per temporal patch; M-RoPE sections
+  [4, 6, 6] for head_dim 32).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from longctx_adapter import AdapterConfig, apply_adapter
+from longctx_adapter.ops.pooling import count_tokens
+from longctx_adapter.testing.tiny import synthetic_video, tiny_model, tiny_processor, tiny_tokenizer
+from longctx_adapter.testing.tiny_qwen import qwen_tiny_model
+
+STEPS = 4
+OV_FRAMES, QWEN_FRAMES = 8, 8
+OV_SIDE, QWEN_SIDE = 28, 32  # frames at the processors' target size, so no resize happens on either side
+OV_PROMPT = "user <video> what color is the square ? assistant"
+QWEN_PROMPT = "user <|vision_start|><video><|vision_end|> what color is the square ? assistant"
+QWEN_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'] }} {% for part in message['content'] %}"
+    "{% if part['type'] == 'video' %}<|vision_start|><video><|vision_end|>"
+    "{% elif part['type'] == 'text' %} {{ part['text'] }}{% endif %}{% endfor %}{% endfor %}"
+    "{% if add_generation_prompt %} assistant{% endif %}"
+)
+
+# adapter configs served by the tests (each must be servable: parameter-free pooling, fixed rope factor)
+OV_POOLED = {
+    "pooling": {"type": "progressive", "group": 2, "strides": [2, 4]},
+    "rope": {"type": "yarn", "visual_window": 48, "factor": 2.0},
+}
+OV_CONV = {"pooling": [{"type": "temporal", "kernel": 2, "stride": 2}, {"type": "conv3d", "kernel": [1, 3, 3]}]}
+# window centres on whole numbers (3x3 windows on the 4x4 merged grid: centres 1 and 3): positions equal HF's
+QWEN_WHOLE = {
+    "pooling": {"type": "conv3d", "kernel": [1, 3, 3], "stride": [1, 3, 3]},
+    "rope": {"type": "yarn", "visual_window": 3, "factor": 2.0},
+}
+# half-integer centres (bilinear stride 2 on 4x4: 0.5 and 2.5): the integer rule rounds them (ties down)
+QWEN_HALF = {"pooling": {"type": "progressive", "group": 2, "strides": [1, 2]}}
+
+
+def _ov_checkpoint(out: Path) -> torch.nn.Module:
+    model = tiny_model("llava_onevision", num_attention_heads=2, num_key_value_heads=2)
+    model.save_pretrained(out)
+    tiny_processor("llava_onevision").save_pretrained(out)
+    weights = load_file(out / "model.safetensors")
+    vllm_layout = {
+        ("vision_tower.vision_model." + k[len("vision_tower.") :] if k.startswith("vision_tower.") else k): v
+        for k, v in weights.items()
+    }
+    save_file(vllm_layout, out / "model.safetensors", metadata={"format": "pt"})
+    reloaded = type(model).from_pretrained(out).eval()
+    for (name, a), (_, b) in zip(model.state_dict().items(), reloaded.state_dict().items()):
+        assert torch.equal(a, b), f"{name} changed when reloading the vLLM-layout checkpoint"
+    return reloaded
+
+
+def _qwen_processor():
+    import transformers
+
+    tok = tiny_tokenizer()
+    tok.add_special_tokens({"additional_special_tokens": ["<|vision_start|>", "<|vision_end|>"]})
+    kw = dict(patch_size=4, merge_size=2, temporal_patch_size=2)
+    size = {"shortest_edge": 32 * 32, "longest_edge": 32 * 32}
+    return transformers.Qwen2VLProcessor(
+        image_processor=transformers.Qwen2VLImageProcessor(**kw, size=size),
+        tokenizer=tok,
+        video_processor=transformers.Qwen2VLVideoProcessor(**kw, size=size),
+        chat_template=QWEN_TEMPLATE,
+    )
+
+
+def _qwen_checkpoint(out: Path) -> torch.nn.Module:
+    rope = {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [4, 6, 6]}
+    model = qwen_tiny_model("qwen2_vl", num_attention_heads=2, num_key_value_heads=2, head_dim=32, rope_parameters=rope)
+    model.save_pretrained(out)
+    _qwen_processor().save_pretrained(out)
+    return type(model).from_pretrained(out).eval()
+
+
+def _greedy(model, inputs, config) -> dict:
+    """Greedy tokens and full per-step log-probabilities, stock (config None) or adapted."""
+    with torch.inference_mode():
+        if config is None:
+            out = model.generate(
+                **inputs, max_new_tokens=STEPS, do_sample=False, output_logits=True, return_dict_in_generate=True
+            )
+            stats = None
+        else:
+            with apply_adapter(model, AdapterConfig.from_dict(config)) as handle:
+                out = model.generate(
+                    **inputs, max_new_tokens=STEPS, do_sample=False, output_logits=True, return_dict_in_generate=True
+                )
+                stats = handle.last_stats
+    tokens = out.sequences[0, inputs["input_ids"].shape[1] :].tolist()
+    logprobs = [torch.log_softmax(step[0].float(), dim=-1).tolist() for step in out.logits]
+    return {"tokens": tokens, "logprobs": logprobs, "stats": stats}
+
+
+def main(out_dir: str) -> None:
+    out = Path(out_dir)
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    cases = []
+
+    ov = _ov_checkpoint(out / "ov")
+    ov_video = synthetic_video(OV_FRAMES, OV_SIDE, OV_SIDE, seed=3)
+    np.save(out / "ov_video.npy", ov_video)
+    ov_inputs = tiny_processor("llava_onevision")(text=OV_PROMPT, videos=[ov_video], return_tensors="pt")
+    np.save(out / "ov_pixels.npy", ov_inputs["pixel_values_videos"].numpy())
+    side = 28 // 4
+    for name, config in (("ov_stock", None), ("ov_pooled", OV_POOLED), ("ov_conv", OV_CONV)):
+        stock_tokens = OV_FRAMES * 16 + 1
+        video_tokens = stock_tokens if config is None else count_tokens(OV_FRAMES, side, side, config["pooling"]) + 1
+        cases.append(
+            {
+                "name": name,
+                "model": "ov",
+                "adapter": config,
+                "video": "ov_video.npy",
+                "prompt": OV_PROMPT,
+                "video_token_id": int(ov.config.video_token_id),
+                "video_tokens": video_tokens,
+                "prompt_tokens": int(ov_inputs["input_ids"].shape[1]) - stock_tokens + video_tokens,
+                "hf": _greedy(ov, ov_inputs, config),
+            }
+        )
+    # an adapted model saved by save_pretrained: transformers 5.x weight layout plus longctx_adapter.json
+    with apply_adapter(ov, AdapterConfig.from_dict(OV_POOLED)):
+        ov.save_pretrained(out / "ov_saved")
+    tiny_processor("llava_onevision").save_pretrained(out / "ov_saved")
+    assert (out / "ov_saved" / "longctx_adapter.json").is_file()
+
+    qwen = _qwen_checkpoint(out / "qwen")
+    qwen_video = synthetic_video(QWEN_FRAMES, QWEN_SIDE, QWEN_SIDE, seed=4)
+    np.save(out / "qwen_video.npy", qwen_video)
+    qwen_inputs = _qwen_processor()(text=QWEN_PROMPT, videos=[qwen_video], return_tensors="pt")
+    np.save(out / "qwen_pixels.npy", qwen_inputs["pixel_values_videos"].numpy())
+    t, h, w = qwen_inputs["video_grid_thw"][0].tolist()
+    for name, config in (("qwen_stock", None), ("qwen_whole", QWEN_WHOLE), ("qwen_half", QWEN_HALF)):
+        stock_tokens = t * h * w // 4
+        video_tokens = stock_tokens if config is None else count_tokens(t, h // 2, w // 2, config["pooling"])
+        cases.append(
+            {
+                "name": name,
+                "model": "qwen",
+                "adapter": config,
+                "video": "qwen_video.npy",
+                "prompt": QWEN_PROMPT,
+                "video_token_id": int(qwen.config.video_token_id),
+                "video_tokens": video_tokens,
+                "prompt_tokens": int(qwen_inputs["input_ids"].shape[1]) - stock_tokens + video_tokens,
+                "grid_thw": [t, h, w],
+                "hf": _greedy(qwen, qwen_inputs, config),
+            }
+        )
+    (out / "cases.json").write_text(json.dumps({"steps": STEPS, "cases": cases}, default=str))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
