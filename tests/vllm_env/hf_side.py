@@ -34,31 +34,20 @@ from longctx_adapter.ops.pooling import count_tokens
 from longctx_adapter.testing.tiny import synthetic_video, tiny_model, tiny_processor, tiny_tokenizer
 from longctx_adapter.testing.tiny_qwen import qwen_tiny_model
 
-STEPS = 4
-OV_FRAMES, QWEN_FRAMES = 8, 8
-OV_SIDE, QWEN_SIDE = 28, 32  # frames at the processors' target size, so no resize happens on either side
-OV_PROMPT = "user <video> what color is the square ? assistant"
-QWEN_PROMPT = "user <|vision_start|><video><|vision_end|> what color is the square ? assistant"
-QWEN_TEMPLATE = (
-    "{% for message in messages %}{{ message['role'] }} {% for part in message['content'] %}"
-    "{% if part['type'] == 'video' %}<|vision_start|><video><|vision_end|>"
-    "{% elif part['type'] == 'text' %} {{ part['text'] }}{% endif %}{% endfor %}{% endfor %}"
-    "{% if add_generation_prompt %} assistant{% endif %}"
+from shared import (  # noqa: E402 - this folder is on sys.path when run as a script
+    OV_CONV,
+    OV_FRAMES,
+    OV_POOLED,
+    OV_PROMPT,
+    OV_SIDE,
+    QWEN_FRAMES,
+    QWEN_HALF,
+    QWEN_PROMPT,
+    QWEN_SIDE,
+    QWEN_TEMPLATE,
+    QWEN_WHOLE,
+    STEPS,
 )
-
-# adapter configs served by the tests (each must be servable: parameter-free pooling, fixed rope factor)
-OV_POOLED = {
-    "pooling": {"type": "progressive", "group": 2, "strides": [2, 4]},
-    "rope": {"type": "yarn", "visual_window": 48, "factor": 2.0},
-}
-OV_CONV = {"pooling": [{"type": "temporal", "kernel": 2, "stride": 2}, {"type": "conv3d", "kernel": [1, 3, 3]}]}
-# window centres on whole numbers (3x3 windows on the 4x4 merged grid: centres 1 and 3): positions equal HF's
-QWEN_WHOLE = {
-    "pooling": {"type": "conv3d", "kernel": [1, 3, 3], "stride": [1, 3, 3]},
-    "rope": {"type": "yarn", "visual_window": 3, "factor": 2.0},
-}
-# half-integer centres (bilinear stride 2 on 4x4: 0.5 and 2.5): the integer rule rounds them (ties down)
-QWEN_HALF = {"pooling": {"type": "progressive", "group": 2, "strides": [1, 2]}}
 
 
 def _ov_checkpoint(out: Path) -> torch.nn.Module:
