@@ -19,6 +19,8 @@ LAYERS = [
     ("errors", ["longctx_adapter.errors"]),
     ("ops", ["longctx_adapter.ops"]),
     ("config", ["longctx_adapter.config", "longctx_adapter.config_text", "longctx_adapter.compat"]),
+    # the vLLM plugin: runs beside vLLM's pinned transformers (< 5.20), so never above ops/config/errors
+    ("serving", ["longctx_adapter.vllm_plugin"]),
     ("hooks", ["longctx_adapter.hooks", "longctx_adapter.patches", "longctx_adapter.saving"]),
     ("api", ["longctx_adapter.api", "longctx_adapter.__init__"]),
     ("testing", ["longctx_adapter.testing"]),
@@ -141,6 +143,35 @@ def test_ops_and_config_import_without_transformers():
         "import pkgutil, importlib, longctx_adapter.ops as ops\n"
         "for m in pkgutil.walk_packages(ops.__path__, 'longctx_adapter.ops.'): importlib.import_module(m.name)\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('transformers', 'accelerate')))"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"
+
+
+def _reachable(start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for target in GRAPH[todo.pop()]:
+            if target not in seen:
+                seen.add(target)
+                todo.append(target)
+    return seen
+
+
+@pytest.mark.parametrize("name", sorted(m for m in MODULES if m.startswith("longctx_adapter.vllm_plugin")))
+def test_vllm_plugin_never_reaches_the_transformers_hooks(name):
+    """vLLM CPU pins transformers < 5.20; hooks/api/saving/patches need >= 5.24 (they check it on import)."""
+    banned = ("longctx_adapter.hooks", "longctx_adapter.api", "longctx_adapter.saving", "longctx_adapter.patches",
+              "longctx_adapter.testing", "longctx_adapter.__init__")  # fmt: skip
+    assert not sorted(t for t in _reachable(name) if t.startswith(banned))
+
+
+def test_vllm_plugin_pure_modules_import_without_transformers():
+    script = (
+        "import sys; import longctx_adapter.vllm_plugin.settings, longctx_adapter.vllm_plugin.layout\n"
+        "import longctx_adapter.vllm_plugin.rotary, longctx_adapter.vllm_plugin\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('transformers', 'vllm')))"
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]

@@ -253,7 +253,9 @@ def test_openai_server_answers_a_video_chat(cases_dir, cases):
                         break
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass
-            assert time.monotonic() < deadline, "server did not start:\n" + (cases_dir / "server.log").read_text()[-4000:]
+            assert time.monotonic() < deadline, (
+                "server did not start:\n" + (cases_dir / "server.log").read_text()[-4000:]
+            )
             time.sleep(2)
         video = np.load(cases_dir / "ov_video.npy")
         reply = _post(

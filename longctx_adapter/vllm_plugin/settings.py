@@ -68,7 +68,7 @@ def check_servable(config: AdapterConfig, source: str) -> None:
         raise AdapterError(
             f"{source}: rope has no fixed 'factor', so the HF path computes s = visual tokens / visual_window for "
             "every call; vLLM builds one rotary table per model and cannot change it per request. Add a fixed "
-            f"factor for the longest video you will serve, e.g. \"factor\": {example} (YaRN then covers that length "
+            f'factor for the longest video you will serve, e.g. "factor": {example} (YaRN then covers that length '
             "and keeps short videos close to stock), or set rope to null"
         )
     if rope["type"] == "interpolate":
@@ -79,7 +79,7 @@ def check_servable(config: AdapterConfig, source: str) -> None:
     if rope.get("scope") != "all":
         raise AdapterError(
             f"{source}: rope scope {rope.get('scope')!r} rotates visual tokens differently from text in the same "
-            "sequence, but a vLLM engine has one rotary table for every token; use \"scope\": \"all\""
+            'sequence, but a vLLM engine has one rotary table for every token; use "scope": "all"'
         )
 
 
@@ -149,9 +149,11 @@ def adapter_for(model_config) -> ServingAdapter | None:
     Cached here rather than on the config object, which vLLM may pickle to other processes.
     """
     hf_config = model_config.hf_config
-    override = json.dumps(getattr(hf_config, HF_OVERRIDES_KEY), sort_keys=True, default=str) if hasattr(
-        hf_config, HF_OVERRIDES_KEY
-    ) else None
+    override = (
+        json.dumps(getattr(hf_config, HF_OVERRIDES_KEY), sort_keys=True, default=str)
+        if hasattr(hf_config, HF_OVERRIDES_KEY)
+        else None
+    )
     key = (override, str(model_config.model), str(getattr(model_config, "revision", None)))
     if key not in _CACHE:
         _CACHE[key] = serving_adapter(hf_config, model_config.model, getattr(model_config, "revision", None))

@@ -28,12 +28,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
-
-from longctx_adapter import AdapterConfig, apply_adapter
-from longctx_adapter.ops.pooling import count_tokens
-from longctx_adapter.testing.tiny import synthetic_video, tiny_model, tiny_processor, tiny_tokenizer
-from longctx_adapter.testing.tiny_qwen import qwen_tiny_model
-
 from shared import (  # noqa: E402 - this folder is on sys.path when run as a script
     OV_CONV,
     OV_FRAMES,
@@ -48,6 +42,11 @@ from shared import (  # noqa: E402 - this folder is on sys.path when run as a sc
     QWEN_WHOLE,
     STEPS,
 )
+
+from longctx_adapter import AdapterConfig, apply_adapter
+from longctx_adapter.ops.pooling import count_tokens
+from longctx_adapter.testing.tiny import synthetic_video, tiny_model, tiny_processor, tiny_tokenizer
+from longctx_adapter.testing.tiny_qwen import qwen_tiny_model
 
 
 def _ov_checkpoint(out: Path) -> torch.nn.Module:

@@ -61,7 +61,9 @@ def run_one(cases_dir: Path, run: dict) -> dict:
     for item in run["prompts"]:
         video = np.load(cases_dir / item["video"])
         try:
-            (out,) = llm.generate({"prompt": item["prompt"], "multi_modal_data": {"video": video}}, params, use_tqdm=False)
+            (out,) = llm.generate(
+                {"prompt": item["prompt"], "multi_modal_data": {"video": video}}, params, use_tqdm=False
+            )
         except Exception as err:  # noqa: BLE001
             result["prompts"][item["case"]] = {"error": f"{type(err).__name__}: {err}"}
             continue
