@@ -219,3 +219,13 @@ def test_mrope_table_extends_only_the_chosen_sections_as_on_the_hf_path():
         picked_sin = rows[owners, :, half + torch.arange(half)].T
         assert torch.equal(torch.cat([picked] * 2, -1), cos[0])
         assert torch.equal(torch.cat([picked_sin] * 2, -1), sin[0])
+
+
+def test_hf_path_only_options_are_named_not_applied():
+    served = settings.parse_adapter({**SERVABLE, "vision_chunk_frames": 8, "last_logits_only": True}, "test")
+    assert served.not_applied == ["vision_chunk_frames", "last_logits_only"]
+    assert settings.parse_adapter(SERVABLE, "test").not_applied == []
+    seen = []
+    settings.log_not_applied(served, SimpleNamespace(warning=lambda *args: seen.append(args[0] % args[1:])))
+    assert seen == ["test: vision_chunk_frames, last_logits_only only shape memory or the output layout of the HF call "
+                    "path; the vLLM engine does not apply them"]  # fmt: skip

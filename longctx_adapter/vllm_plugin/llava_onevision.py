@@ -13,6 +13,7 @@ folder written by an adapted model's `save_pretrained` loads (checkpoints in vLL
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 
 import torch
@@ -29,8 +30,9 @@ from vllm.multimodal.parse import VideoProcessorItems
 from longctx_adapter.ops.pooling import pool_video
 from longctx_adapter.vllm_plugin.layout import pooled_video_tokens
 from longctx_adapter.vllm_plugin.rotary import install_fixed_rope
-from longctx_adapter.vllm_plugin.settings import adapter_for
+from longctx_adapter.vllm_plugin.settings import adapter_for, log_not_applied
 
+_LOG = logging.getLogger(__name__)
 _SIGLIP_5X_LAYOUT = re.compile(r"^(model\.)?vision_tower\.(embeddings|encoder|post_layernorm|head)\.")
 
 
@@ -72,6 +74,7 @@ class AdaptedLlavaOnevision(LlavaOnevisionForConditionalGeneration):
     def __init__(self, *, vllm_config, prefix: str = "") -> None:
         super().__init__(vllm_config=vllm_config, prefix=prefix)
         self.longctx_adapter = adapter_for(vllm_config.model_config)
+        log_not_applied(self.longctx_adapter, _LOG)
         if self.longctx_adapter is not None and self.longctx_adapter.rope is not None:
             install_fixed_rope(self.language_model, self.longctx_adapter.rope, self.config.text_config)
 

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import numpy as np
 import torch
@@ -35,7 +36,9 @@ from longctx_adapter.errors import AdapterError
 from longctx_adapter.ops.pooling import pool_video
 from longctx_adapter.vllm_plugin.layout import pooled_mrope_ids, pooled_video_tokens
 from longctx_adapter.vllm_plugin.rotary import install_fixed_rope
-from longctx_adapter.vllm_plugin.settings import adapter_for
+from longctx_adapter.vllm_plugin.settings import adapter_for, log_not_applied
+
+_LOG = logging.getLogger(__name__)
 
 
 def _pooling(model_config):
@@ -69,6 +72,7 @@ class _PooledQwen:
 
     def _adapter_init(self, vllm_config) -> None:
         self.longctx_adapter = adapter_for(vllm_config.model_config)
+        log_not_applied(self.longctx_adapter, _LOG)
         adapter = self.longctx_adapter
         if adapter is None:
             return

@@ -47,6 +47,16 @@ class ServingAdapter:
     def rope(self) -> dict | None:
         return None if self.config.rope is None else dict(self.config.rope)
 
+    @property
+    def not_applied(self) -> list[str]:
+        """Options of the HF call path that change memory or output layout only, which an engine has no use for."""
+        defaults = AdapterConfig()
+        return [
+            name
+            for name in ("vision_chunk_frames", "last_logits_only", "pool_single_images")
+            if getattr(self.config, name) != getattr(defaults, name)
+        ]
+
 
 def check_servable(config: AdapterConfig, source: str) -> None:
     """Refuse what a vLLM engine cannot do, naming the fix; everything else is served as on the HF path."""
@@ -161,3 +171,13 @@ def adapter_for(model_config) -> ServingAdapter | None:
 
 
 _CACHE: dict[tuple, ServingAdapter | None] = {}
+
+
+def log_not_applied(adapter: ServingAdapter | None, logger) -> None:
+    """Say once per engine which HF-path-only options the engine leaves aside (they never change the numbers)."""
+    if adapter is not None and adapter.not_applied:
+        logger.warning(
+            "%s: %s only shape memory or the output layout of the HF call path; the vLLM engine does not apply them",
+            adapter.source,
+            ", ".join(adapter.not_applied),
+        )
