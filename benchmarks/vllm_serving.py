@@ -9,7 +9,8 @@ machine noise hits both alike. "stock" is the plugin with no adapter config (bit
 plugin, tests/test_vllm_plugin.py); "adapted" serves the family's progressive pooling (LLaVA-OneVision: group 4,
 strides [2, 7] on the 7x7 grid; Qwen2-VL: group 4, strides [1, 4] on the merged grid) plus a fixed visual YaRN.
 
-- TTFT: wall time of one request with max_tokens=1 on an idle engine (processor + encoder + prefill + one token).
+- TTFT: wall time of one request with max_tokens=1 on an idle engine (processor + encoder + prefill + one token),
+  median of TTFT_REPEATS such requests per round.
 - requests/s: a batch of BATCH requests (max_tokens=16) submitted together, divided by its wall time.
 Every request has its own random video, so vLLM's multimodal caches never serve a repeat. Ratios are
 adapted / stock per round (median over rounds); throughput ratios > 1 and TTFT ratios < 1 favour the adapter.
@@ -39,8 +40,9 @@ from shared import OV_PROMPT, QWEN_PROMPT  # noqa: E402
 from vllm_side import ENGINE  # noqa: E402
 
 FRAMES = (32, 64, 128)
-ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
 BATCH = int(os.environ.get("BENCH_BATCH", "8"))
+TTFT_REPEATS = 3  # single requests per engine and round; their median is the round's TTFT
 MODELS = {
     "llava_onevision": {
         "folder": "ov",
@@ -99,8 +101,9 @@ def bench_model(name: str, spec: dict, folder: Path) -> list[dict]:
         "adapted": LLM(model=str(folder / spec["folder"]), hf_overrides={"longctx_adapter": spec["adapter"]}, **ENGINE),
     }
     first, batch = SamplingParams(max_tokens=1, temperature=0.0), SamplingParams(max_tokens=16, temperature=0.0)
-    for llm in engines.values():  # warm-up: first-request kernel set-up is not what we measure
-        _timed(llm, _requests(spec["prompt"], FRAMES[0], spec["side"], 2, seed=99), batch)
+    for llm in engines.values():  # warm-up at every length: first-request kernel set-up is not what we measure
+        for frames in FRAMES:
+            _timed(llm, _requests(spec["prompt"], frames, spec["side"], 2, seed=99 + frames), batch)
     rows = []
     for frames in FRAMES:
         samples = {k: {"ttft": [], "rps": [], "prompt_tokens": None} for k in engines}
@@ -108,10 +111,12 @@ def bench_model(name: str, spec: dict, folder: Path) -> list[dict]:
             order = list(engines) if rnd % 2 == 0 else list(reversed(engines))
             for kind in order:
                 seed = 1000 * frames + 10 * rnd
-                ttft, outs = _timed(engines[kind], _requests(spec["prompt"], frames, spec["side"], 1, seed), first)
-                wall, outs_b = _timed(
-                    engines[kind], _requests(spec["prompt"], frames, spec["side"], BATCH, seed + 1), batch
-                )
+                singles = [
+                    _timed(engines[kind], _requests(spec["prompt"], frames, spec["side"], 1, seed + 100 + i), first)
+                    for i in range(TTFT_REPEATS)
+                ]
+                ttft, outs = statistics.median(t for t, _ in singles), singles[0][1]
+                wall, _ = _timed(engines[kind], _requests(spec["prompt"], frames, spec["side"], BATCH, seed + 1), batch)
                 samples[kind]["ttft"].append(ttft)
                 samples[kind]["rps"].append(BATCH / wall)
                 samples[kind]["prompt_tokens"] = len(outs[0].prompt_token_ids)

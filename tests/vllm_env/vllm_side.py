@@ -3,8 +3,8 @@
     python tests/vllm_env/vllm_side.py CASES_DIR RUNS_JSON OUT_JSON
 
 RUNS_JSON: a list of runs, each {"name", "model" (folder under CASES_DIR), "overrides" (hf_overrides dict, or
-absent), "prompts": [{"case", "prompt", "video"}], "expect_error" (optional substring)}. One in-process engine per
-run (VLLM_ENABLE_V1_MULTIPROCESSING=0), closed before the next. Writes, per prompt, the greedy tokens, vLLM's
+absent), "prompts": [{"case", "prompt", "video"}]}. One in-process engine per run (VLLM_ENABLE_V1_MULTIPROCESSING=0),
+closed before the next; an engine that fails to start records its error (refusal tests read it). Writes, per prompt, the greedy tokens, vLLM's
 top-k log-probabilities per step and the prompt token ids; per run, the model class the engine built; and the
 longctx_adapter modules this process imported. Whether the plugin loads is the caller's choice (VLLM_PLUGINS).
 """
