@@ -4,17 +4,12 @@ As on the HF path (patches/llava_onevision.py): the vision tower and projector a
 act on the (frames, 27, 27) grid of each video instead of the stock bilinear 2x, and the one `image_newline` per
 video follows the pooled tokens. The processor sizes each video's placeholder run with the same stage shape math
 (`count_tokens(frames, side, side, stages) + 1`). With no adapter config every method is vLLM's.
-
-Weights: transformers 5.x saves the SigLIP tower as `vision_tower.{embeddings,encoder,post_layernorm}.*`, while
-vLLM's SiglipVisionModel reads `vision_tower.vision_model.*`; this class maps the former onto the latter, so a
-folder written by an adapted model's `save_pretrained` loads (checkpoints in vLLM's layout load unchanged).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 
 import torch
 from vllm.model_executor.models.llava_onevision import (
@@ -23,7 +18,6 @@ from vllm.model_executor.models.llava_onevision import (
     LlavaOnevisionMultiModalProcessor,
     LlavaOnevisionProcessingInfo,
 )
-from vllm.model_executor.models.utils import WeightsMapper
 from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.multimodal.parse import VideoProcessorItems
 
@@ -33,7 +27,6 @@ from longctx_adapter.vllm_plugin.rotary import install_fixed_rope
 from longctx_adapter.vllm_plugin.settings import adapter_for, log_not_applied
 
 _LOG = logging.getLogger(__name__)
-_SIGLIP_5X_LAYOUT = re.compile(r"^(model\.)?vision_tower\.(embeddings|encoder|post_layernorm|head)\.")
 
 
 def _grid_side(vision_config) -> int:
@@ -66,11 +59,6 @@ class AdaptedOnevisionProcessor(LlavaOnevisionMultiModalProcessor):
     AdaptedOnevisionProcessor, info=LlavaOnevisionProcessingInfo, dummy_inputs=LlavaOnevisionDummyInputsBuilder
 )
 class AdaptedLlavaOnevision(LlavaOnevisionForConditionalGeneration):
-    hf_to_vllm_mapper = (
-        WeightsMapper(orig_to_new_regex={_SIGLIP_5X_LAYOUT: r"\1vision_tower.vision_model.\2."})
-        | LlavaOnevisionForConditionalGeneration.hf_to_vllm_mapper
-    )
-
     def __init__(self, *, vllm_config, prefix: str = "") -> None:
         super().__init__(vllm_config=vllm_config, prefix=prefix)
         self.longctx_adapter = adapter_for(vllm_config.model_config)

@@ -9,9 +9,9 @@ the HF path, so the two sides meet only through these files.
 Checkpoints (random weights, fixed seeds, float32; head_dim 32 because vLLM's CPU attention supports head sizes
 32 and up, while the shared tiny factory uses 16):
 - `ov`: LLaVA-OneVision (SigLIP 28 px / patch 4 = 7x7 grid, Qwen2 decoder with 2 heads of 32). Its SigLIP weights
-  are renamed from transformers 5.x's `vision_tower.{embeddings,encoder,post_layernorm}.*` to the
-  `vision_tower.vision_model.*` layout that vLLM's own (un-plugged) class reads, so stock vLLM can load it too;
-  transformers loads both layouts (checked here: the reloaded weights are equal).
+  are renamed from transformers 5.x's `vision_tower.{embeddings,encoder,post_layernorm}.*` to the older
+  `vision_tower.vision_model.*` layout (transformers reloads it to equal weights, checked here), so the tests see
+  vLLM load both layouts (`ov_saved` keeps the 5.x one).
 - `ov_saved`: the same model saved by an adapted model's `save_pretrained` (transformers 5.x layout, plus
   longctx_adapter.json): what a user serves with `vllm serve <folder>`.
 - `qwen`: Qwen2-VL (patch 4, merge 2: 32x32 frames -> 4x4 merged tokens per temporal patch; M-RoPE sections
