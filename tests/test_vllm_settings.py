@@ -78,10 +78,27 @@ def test_invalid_configs_fail_like_the_hf_path_and_name_their_source(tmp_path):
     with pytest.raises(AdapterError, match=r"hf_overrides.*unknown adapter config key"):
         settings.serving_adapter(_config_with(longctx_adapter={"pooling": None, "colour": 1}), None)
     (tmp_path / settings.ADAPTER_CONFIG_NAME).write_text("{not json")
-    with pytest.raises(AdapterError, match="longctx_adapter.json: adapter config is not valid JSON"):
+    with pytest.raises(AdapterError, match=r"longctx_adapter.json.*not valid JSON"):
         settings.serving_adapter(_config_with(), str(tmp_path))
-    with pytest.raises(AdapterError, match="must be a dict"):
+    with pytest.raises(AdapterError, match="test: .*stage"):
         settings.parse_adapter([1, 2], "test")
+
+
+def test_overrides_take_every_form_of_the_config_grammar():
+    """A text shorthand or a bare stage list serves like the dict it stands for (config_text.parse_config)."""
+    text = settings.serving_adapter(
+        _config_with(longctx_adapter="progressive:2,8,4", model_type="llava_onevision"), None
+    )
+    stages = settings.serving_adapter(_config_with(longctx_adapter=[{"type": "progressive"}]), None)
+    full = AdapterConfig.from_dict({"pooling": {"type": "progressive", "group": 4, "strides": [2, 8]}})
+    assert text.config == stages.config == full
+    assert settings.serving_adapter(_config_with(longctx_adapter="none"), None) is None
+
+
+def test_a_fixed_factor_without_window_takes_the_preset_window_as_on_the_hf_path():
+    rope = {"type": "yarn", "factor": 4.0}
+    served = settings.serving_adapter(_config_with(longctx_adapter={"rope": rope}, model_type="llava_onevision"), None)
+    assert served.rope["visual_window"] == 6272 and served.rope["factor"] == 4.0
 
 
 # --- what an engine refuses ----------------------------------------------------------------------------------

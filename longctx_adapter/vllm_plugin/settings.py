@@ -7,25 +7,26 @@ Sources, first match wins:
 2. `longctx_adapter.json` in the model folder (what `save_pretrained` of an adapted model writes).
 3. Neither: the stock model, exactly.
 
-The config is validated by the same `AdapterConfig` as on the HF path, then checked for what a serving engine can
-do: parameter-free pooling only (question-guided stages need a scorer model run on each question), and a fixed
+Both are read by the one config grammar of the package (`config_text.parse_config`: a JSON config dict, a stage
+dict or list, a text shorthand such as "progressive:2,8,4+yarn", or null), validated by the same `AdapterConfig` as
+on the HF path, with a missing rope `visual_window` filled from the family preset. Then they are checked for what a
+serving engine can do: parameter-free pooling only (question-guided stages need a scorer model run on each question), and a fixed
 RoPE factor (vLLM builds one rotary table per model, so the per-call factor s = visual tokens / visual_window cannot
-follow each request). Imports only the ops layer, config.py and errors.py: never transformers >= 5.24 code.
+follow each request). Imports only the ops and config layers and errors.py: never transformers >= 5.24 code.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 from longctx_adapter.config import AdapterConfig
+from longctx_adapter.config_text import ADAPTER_CONFIG_NAME, parse_config, saved_config_path
 from longctx_adapter.errors import AdapterError
 from longctx_adapter.ops.pooling import is_guided
 
-#: the file `save_pretrained` of an adapted model writes next to config.json (saving.ADAPTER_CONFIG_NAME)
-ADAPTER_CONFIG_NAME = "longctx_adapter.json"
+__all__ = ["ADAPTER_CONFIG_NAME", "HF_OVERRIDES_KEY", "ServingAdapter", "adapter_for", "serving_adapter"]
 #: the key of `hf_overrides` (and so the HF config attribute) that carries an adapter config
 HF_OVERRIDES_KEY = "longctx_adapter"
 #: architectures whose vLLM classes the plugin replaces, by HF model_type
@@ -93,64 +94,52 @@ def check_servable(config: AdapterConfig, source: str) -> None:
         )
 
 
-def parse_adapter(data, source: str) -> ServingAdapter | None:
-    """A config dict (or AdapterConfig, or None) -> a checked ServingAdapter, or None for the stock model."""
-    if data is None:
-        return None
-    config = data if isinstance(data, AdapterConfig) else None
-    if config is None:
-        if not isinstance(data, Mapping):
-            raise AdapterError(
-                f"{source}: an adapter config must be a dict (or null for the stock model), got {type(data).__name__}"
-            )
-        try:
-            config = AdapterConfig.from_dict(data)
-        except AdapterError as err:
-            raise AdapterError(f"{source}: {err}") from None
-    if not config.pooling and config.rope is None:
-        return None  # every feature off: the stock model, by construction
+def _served(config: AdapterConfig | None, source: str) -> ServingAdapter | None:
+    if config is None or (not config.pooling and config.rope is None):
+        return None  # the stock model, by construction
     check_servable(config, source)
     return ServingAdapter(config, source)
 
 
-def read_folder_config(folder) -> ServingAdapter | None:
-    """The checked adapter config saved in a local model folder, or None when it has none."""
-    if folder is None or not os.path.isdir(os.fspath(folder)):
+def parse_adapter(data, source: str, model_type: str | None = None) -> ServingAdapter | None:
+    """Any config form of the package's grammar (None: the stock model) -> a checked ServingAdapter, or None."""
+    if data is None:
         return None
-    path = os.path.join(os.fspath(folder), ADAPTER_CONFIG_NAME)
-    if not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise AdapterError(f"{path}: adapter config is not valid JSON: {err}") from None
-    return parse_adapter(data, path)
+        config = parse_config(data, model_type)
+    except AdapterError as err:
+        raise AdapterError(f"{source}: {err}") from None
+    return _served(config, source)
 
 
-def _hub_config_path(repo: str, revision) -> str | None:
-    """longctx_adapter.json of a Hub model id, when the Hub (or its local cache) has one."""
+def read_folder_config(folder, model_type: str | None = None) -> ServingAdapter | None:
+    """The checked adapter config saved in a local model folder, or None when it has none."""
+    path = saved_config_path(folder)
+    if path is None:
+        return None
+    return _served(parse_config("saved", model_type, folder=folder), path)  # its errors name the file
+
+
+def _hub_config_folder(repo: str, revision) -> str | None:
+    """The local folder holding longctx_adapter.json of a Hub model id, when the Hub (or its cache) has one."""
     try:
         from huggingface_hub import hf_hub_download
 
-        return hf_hub_download(repo, ADAPTER_CONFIG_NAME, revision=revision)
+        return os.path.dirname(hf_hub_download(repo, ADAPTER_CONFIG_NAME, revision=revision))
     except Exception:  # no such file, offline, gated: no saved adapter config to use
         return None
 
 
 def serving_adapter(hf_config, model: str | None, revision=None) -> ServingAdapter | None:
     """The adapter config an engine for this model serves (see the module docstring for the order)."""
+    model_type = getattr(hf_config, "model_type", None)
     if hasattr(hf_config, HF_OVERRIDES_KEY):
-        return parse_adapter(getattr(hf_config, HF_OVERRIDES_KEY), f"hf_overrides[{HF_OVERRIDES_KEY!r}]")
+        source = f"hf_overrides[{HF_OVERRIDES_KEY!r}]"
+        return parse_adapter(getattr(hf_config, HF_OVERRIDES_KEY), source, model_type)
     if model is None:
         return None
-    if os.path.isdir(os.fspath(model)):
-        return read_folder_config(model)
-    path = _hub_config_path(str(model), revision)
-    if path is None:
-        return None
-    return read_folder_config(os.path.dirname(path))
+    folder = model if os.path.isdir(os.fspath(model)) else _hub_config_folder(str(model), revision)
+    return read_folder_config(folder, model_type) if folder is not None else None
 
 
 def adapter_for(model_config) -> ServingAdapter | None:
