@@ -166,11 +166,12 @@ def _evaluate_cell(model, tokenizer, inputs, item, cell: GridCell, mode, target,
     from longctx_adapter.eval.runner import placeholder_count
 
     from longctx_adapter import apply_adapter
+    from longctx_adapter.profiling.memory import measure
 
     record: dict = {}
     handle = apply_adapter(model, cell.config) if cell.config is not None else None
     try:
-        with probe.measure() as measured:
+        with measure(probe) as measured:
             if mode in ("loglik", "both"):
                 scored = score_options(model, tokenizer, inputs, item.options, target=target, reduce=reduce)
                 record.update(pred=scored["pred"], scores=[round(s, 5) for s in scored["scores"]])
@@ -219,9 +220,10 @@ def run_ablation(
     process; other processes return their own). ``stop_after`` (tests) stops after that many new units, as if
     the run were killed. ``fps`` samples at that rate with the frame count as the cap."""
     from accelerate import PartialState
-    from longctx_adapter.eval.runner import MemoryProbe
     from longctx_adapter.eval.video import VideoDecodeError, video_inputs
     from tqdm.auto import tqdm
+
+    from longctx_adapter.profiling.memory import memory_probe
 
     if mode not in MODES:
         raise AdapterError(f"mode must be one of {list(MODES)}, got {mode!r}")
@@ -242,7 +244,7 @@ def run_ablation(
 
     tokenizer = getattr(processor, "tokenizer", processor)
     model_type = model.config.model_type
-    probe = MemoryProbe(model.device)
+    probe = memory_probe(model.device)
     path = out_dir / (RESULTS if state.num_processes == 1 else f"results.rank{state.process_index}.jsonl")
     writer = _Writer(path)
     new = 0

@@ -25,8 +25,8 @@ _ABLATE_CONFIG_HELP = (
 def _model_options(parser) -> None:
     parser.add_argument("--model", required=True, metavar="PATH", help="local checkpoint folder (config, weights, "
                         "processor files), e.g. one written by save_pretrained")
-    parser.add_argument("--dtype", default="auto", help="auto (checkpoint dtype on GPU, float32 on CPU), float32, "
-                        "bfloat16, float16")
+    parser.add_argument("--dtype", default="auto", help="auto (checkpoint dtype on GPU, float32 on CPU), bf16, fp16, "
+                        "fp32 or their torch names (bfloat16, ...)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (under accelerate launch: each "
                         "process's own device)")
     parser.add_argument("--processor", choices=("auto", "hf", "fallback"), default="auto",

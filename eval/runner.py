@@ -1,4 +1,4 @@
-"""Shared pieces of the evaluation commands: loading a local checkpoint, memory probes, and ``run``.
+"""Shared pieces of the evaluation commands: loading a local checkpoint, and ``run``.
 
 ``longctx-adapter run`` answers one question about one video::
 
@@ -15,12 +15,10 @@ adapter did: frames, visual tokens before and after pooling, RoPE factor, peak m
 from __future__ import annotations
 
 import sys
-import time
-from contextlib import contextmanager
 
 from longctx_adapter.errors import AdapterError
 
-__all__ = ["MemoryProbe", "load_model", "placeholder_count", "resolve_device", "resolve_dtype", "run_question"]
+__all__ = ["load_model", "placeholder_count", "resolve_device", "resolve_dtype", "run_question"]
 
 
 def resolve_device(device: str | None = "auto"):
@@ -32,17 +30,14 @@ def resolve_device(device: str | None = "auto"):
 
 
 def resolve_dtype(dtype: str | None, device):
-    """``auto``: the checkpoint's dtype on GPU, float32 on CPU (bf16 matmuls are slow there)."""
+    """``auto``: the checkpoint's dtype on GPU, float32 on CPU (bf16 matmuls are slow there); else a dtype name."""
     import torch
+
+    from longctx_adapter.profiling.dtypes import torch_dtype
 
     if dtype in (None, "auto"):
         return "auto" if device.type == "cuda" else torch.float32
-    names = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "half": "float16", "float": "float32"}
-    name = names.get(dtype, dtype)
-    value = getattr(torch, name, None)
-    if not isinstance(value, torch.dtype):
-        raise AdapterError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16")
-    return value
+    return torch_dtype(dtype)
 
 
 def load_model(path, *, dtype="auto", device="auto", attn_implementation=None, processor: str = "auto"):
@@ -77,72 +72,6 @@ def placeholder_count(model, input_ids) -> int:
     if token is None or not bool((input_ids == token).any()):
         token = getattr(config, "image_token_id", None)
     return int((input_ids == token).sum()) if token is not None else 0
-
-
-class MemoryProbe:
-    """Peak memory of a block: CUDA ``max_memory_allocated`` (reset at start), else the process's resident-set
-    high-water mark (``VmHWM``, reset through /proc/self/clear_refs where allowed; otherwise the lifetime peak,
-    ``ru_maxrss``, which never goes down -- ``method`` says which)."""
-
-    def __init__(self, device):
-        import torch
-
-        self.device = device
-        self.cuda = device.type == "cuda" and torch.cuda.is_available()
-        if self.cuda:
-            self.method = "cuda.max_memory_allocated"
-        elif _can_reset_rss():
-            self.method = "VmHWM"
-        else:
-            self.method = "ru_maxrss"
-
-    @contextmanager
-    def measure(self):
-        import torch
-
-        box = {}
-        if self.cuda:
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-        elif self.method == "VmHWM":
-            _reset_rss()
-        start = time.perf_counter()
-        try:
-            yield box
-        finally:
-            if self.cuda:
-                torch.cuda.synchronize(self.device)
-                box["peak_mem_bytes"] = int(torch.cuda.max_memory_allocated(self.device))
-            elif self.method == "VmHWM":
-                box["peak_mem_bytes"] = _status_bytes("VmHWM")
-            else:
-                import resource
-
-                box["peak_mem_bytes"] = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
-            box["time_s"] = time.perf_counter() - start
-            box["mem_method"] = self.method
-
-
-def _status_bytes(field: str) -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise OSError(field)
-
-
-def _reset_rss() -> None:
-    with open("/proc/self/clear_refs", "w") as fh:
-        fh.write("5")
-
-
-def _can_reset_rss() -> bool:
-    try:
-        _reset_rss()
-        _status_bytes("VmHWM")
-        return True
-    except OSError:
-        return False
 
 
 def _fmt_bytes(n: int | None) -> str:
@@ -183,6 +112,7 @@ def run_question(
 
     from longctx_adapter import apply_adapter
     from longctx_adapter.config_text import config_source, parse_config
+    from longctx_adapter.profiling.memory import measure, memory_probe
 
     out = out or sys.stdout
     if not Path(model_path).exists():
@@ -202,13 +132,13 @@ def run_question(
     tokenizer = getattr(proc, "tokenizer", proc)
     streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     handle = apply_adapter(model, adapter) if adapter is not None else None
-    probe = MemoryProbe(model.device)
+    probe = memory_probe(model.device)
     try:
         print(f"answer ({type(model).__name__}, {len(clip)} frames):", file=out, flush=True)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         import torch
 
-        with probe.measure() as measured, torch.inference_mode():
+        with measure(probe) as measured, torch.inference_mode():
             generated = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, streamer=streamer,
                                        pad_token_id=pad)
         stats = list(handle.last_stats) if handle is not None else []

@@ -11,16 +11,16 @@ uses strides [2, 7] instead, which keeps the same share of tokens (19/64 on 7x7 
 
 from __future__ import annotations
 
-import multiprocessing as mp
-import resource
 import statistics
 import sys
 import time
 
 from longctx_adapter import config_text
 from longctx_adapter.config import AdapterConfig
+from longctx_adapter.demo.common import print_table, run_each
 from longctx_adapter.errors import AdapterError
 from longctx_adapter.ops.pooling import count_tokens
+from longctx_adapter.profiling.memory import lifetime_peak_rss_bytes
 from longctx_adapter.profiling.profiler import kv_cache_bytes
 
 MODEL_TYPE = "llava_onevision"
@@ -80,18 +80,12 @@ def _measure(label: str, config_dict: dict | None, frames: int, new_tokens: int,
         "visual_tokens_after": visual_after,
         "sequence_length": seq_len,
         "prefill_s": prefill_s,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux: KiB
+        "peak_rss_mib": lifetime_peak_rss_bytes() / 2**20,
         "kv_cache_bytes": kv,
         "last_stats": stats,
         "prompt_kept": bool(torch.equal(out[:, :prompt_len], inputs["input_ids"])),
         "answer": tiny_tokenizer().decode(out[0, prompt_len:], skip_special_tokens=True),
     }
-
-
-def _in_fresh_process(*args) -> dict:
-    ctx = mp.get_context("spawn")
-    with ctx.Pool(1) as pool:
-        return pool.apply(_measure, args)
 
 
 def _explain(config: AdapterConfig, frames: int, grid: int, default: bool) -> None:
@@ -118,30 +112,13 @@ def _explain(config: AdapterConfig, frames: int, grid: int, default: bool) -> No
 
 
 def _table(rows: list[dict]) -> None:
-    header = [
-        "run",
-        "frames",
-        "visual tokens before",
-        "visual tokens after",
-        "prefill seq len",
-        "prefill s",
-        "peak RSS MiB",
-        "KV cache bytes",
-    ]
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    for r in rows:
-        cells = [
-            r["run"],
-            r["frames"],
-            f"{r['visual_tokens_before']:,}",
-            f"{r['visual_tokens_after']:,}",
-            f"{r['sequence_length']:,}",
-            f"{r['prefill_s']:.3f}",
-            f"{r['peak_rss_mib']:.0f}",
-            f"{r['kv_cache_bytes']:,}",
-        ]
-        print("| " + " | ".join(str(c) for c in cells) + " |")
+    header = ["run", "frames", "visual tokens before", "visual tokens after", "prefill seq len", "prefill s",
+              "peak RSS MiB", "KV cache bytes"]
+    print_table(header, [
+        [r["run"], r["frames"], f"{r['visual_tokens_before']:,}", f"{r['visual_tokens_after']:,}",
+         f"{r['sequence_length']:,}", f"{r['prefill_s']:.3f}", f"{r['peak_rss_mib']:.0f}", f"{r['kv_cache_bytes']:,}"]
+        for r in rows
+    ])
 
 
 def run_demo(frames: int = 256, new_tokens: int = 8, seed: int = 0, config: str | AdapterConfig | None = None):
@@ -155,10 +132,8 @@ def run_demo(frames: int = 256, new_tokens: int = 8, seed: int = 0, config: str 
     if config.pooling:
         count_tokens(frames, grid, grid, config.pooling)  # refuse a config the tiny grid cannot hold, before spawning
     _explain(config, frames, grid, default)
-    rows = [
-        _in_fresh_process("stock", None, frames, new_tokens, seed),
-        _in_fresh_process("adapted", config.to_dict(), frames, new_tokens, seed),
-    ]
+    rows = run_each(_measure, [(label, (label, cfg, frames, new_tokens, seed))
+                               for label, cfg in (("stock", None), ("adapted", config.to_dict()))])
     _table(rows)
     stock, adapted = rows
     print(

@@ -3,7 +3,7 @@
 The model (``longctx_adapter/models/tiny_video_lm``, see its README.md) is a ~145k-parameter LLaVA-OneVision
 trained here from scratch on synthetic videos of 4-8 frames. The demo asks it questions about videos of
 ``frames`` frames (default 64 = 8x its longest training video) as the stock model, with the adapter config shipped beside
-the weights (visual YaRN), and with that config plus progressive pooling, each in a freshly spawned process, and
+the weights (visual YaRN), and with that config plus progressive pooling, each in a fresh process, and
 prints the answers, accuracy, visual tokens, KV cache and peak memory side by side. Inputs come from the model's own processor (``AutoProcessor.from_pretrained`` on the
 folder) and answers from ``generate`` (greedy, one new token), exactly as a user would run it.
 """
@@ -11,15 +11,15 @@ folder) and answers from ``generate`` (greedy, one new token), exactly as a user
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 import os
-import resource
 import sys
 import time
 
 from longctx_adapter import config_text
 from longctx_adapter.config import AdapterConfig
+from longctx_adapter.demo.common import print_table, run_each
 from longctx_adapter.errors import AdapterError
+from longctx_adapter.profiling.memory import lifetime_peak_rss_bytes
 from longctx_adapter.profiling.profiler import kv_cache_bytes
 
 #: the demo's third run when no --config is given: the shipped RoPE config plus the pooling that kept most accuracy
@@ -91,15 +91,9 @@ def _measure(label: str, config_dict: dict | None, frames: int, questions: int, 
         "sequence_length": seq_len,
         "kv_cache_bytes": kv,
         "generate_s": seconds,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux: KiB
+        "peak_rss_mib": lifetime_peak_rss_bytes() / 2**20,
         "rope_factor": stats[0].get("rope_factor") if stats else None,
     }
-
-
-def _in_fresh_process(*args) -> dict:
-    ctx = mp.get_context("spawn")
-    with ctx.Pool(1) as pool:
-        return pool.apply(_measure, args)
 
 
 def _config_from(spec) -> AdapterConfig:
@@ -127,7 +121,7 @@ def run_trained_demo(frames: int = 64, questions: int = 12, seed: int = 0, confi
         "longctx-adapter demo: the shipped tiny TRAINED LLaVA-OneVision (longctx_adapter/models/tiny_video_lm: ~145k\n"
         "parameters, trained from scratch on synthetic videos of 4-8 frames, i.e. at most 129 visual tokens).\n"
         f"Questions about synthetic videos of {frames} frames ({frames / 8:g}x its longest training video); each\n"
-        "run is a freshly spawned process; inputs from the model's own processor, answers from generate().\n"
+        "run is a fresh process; inputs from the model's own processor, answers from generate().\n"
         f"adapter config ({'shipped beside the weights, longctx_adapter.json' if default else 'from --config'}): "
         f"{config.to_json()}\n"
     )
@@ -135,45 +129,26 @@ def run_trained_demo(frames: int = 64, questions: int = 12, seed: int = 0, confi
     if default:
         runs.append(("adapted+pooling", config.replace(pooling=DEMO_POOLING)))
         print(f"adapted+pooling: the same plus pooling {json.dumps(DEMO_POOLING)}\n")
-    rows = [_in_fresh_process(label, cfg.to_dict() if cfg else None, frames, questions, seed) for label, cfg in runs]
+    rows = run_each(_measure, [(label, (label, cfg.to_dict() if cfg else None, frames, questions, seed))
+                               for label, cfg in runs])
 
     def mark(x):
         return x["answer"] + (" ok" if x["answer"] == x["truth"] else " WRONG")
 
-    print("| question | marker frames | truth | " + " | ".join(r["run"] for r in rows) + " |")
-    print("|---|---|---|" + "---|" * len(rows))
-    for answers in zip(*(r["answers"] for r in rows)):
-        first = answers[0]
-        cells = " | ".join(mark(a) for a in answers)
-        print(f"| {first['question']} | {first['markers']} | {first['truth']} | {cells} |")
+    print_table(["question", "marker frames", "truth", *(r["run"] for r in rows)], [
+        [answers[0]["question"], answers[0]["markers"], answers[0]["truth"], *(mark(a) for a in answers)]
+        for answers in zip(*(r["answers"] for r in rows))
+    ])
     print()
-    header = [
-        "run",
-        "accuracy",
-        "visual tokens before",
-        "visual tokens after",
-        "RoPE factor",
-        "prefill seq len",
-        "KV cache bytes",
-        "generate s (all questions)",
-        "peak RSS MiB",
-    ]
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    for r in rows:
-        factor = f"{r['rope_factor']:.2f}" if r["rope_factor"] else "-"
-        cells = [
-            r["run"],
-            f"{r['accuracy']:.0%} ({sum(a['answer'] == a['truth'] for a in r['answers'])}/{len(r['answers'])})",
-            f"{r['visual_tokens_before']:,}",
-            f"{r['visual_tokens_after']:,}",
-            factor,
-            f"{r['sequence_length']:,}",
-            f"{r['kv_cache_bytes']:,}",
-            f"{r['generate_s']:.2f}",
-            f"{r['peak_rss_mib']:.0f}",
-        ]
-        print("| " + " | ".join(cells) + " |")
+    header = ["run", "accuracy", "visual tokens before", "visual tokens after", "RoPE factor", "prefill seq len",
+              "KV cache bytes", "generate s (all questions)", "peak RSS MiB"]
+    print_table(header, [
+        [r["run"], f"{r['accuracy']:.0%} ({sum(a['answer'] == a['truth'] for a in r['answers'])}/{len(r['answers'])})",
+         f"{r['visual_tokens_before']:,}", f"{r['visual_tokens_after']:,}",
+         f"{r['rope_factor']:.2f}" if r["rope_factor"] else "-", f"{r['sequence_length']:,}",
+         f"{r['kv_cache_bytes']:,}", f"{r['generate_s']:.2f}", f"{r['peak_rss_mib']:.0f}"]
+        for r in rows
+    ])
     print(
         f"\nA {questions}-question demo is a small sample (one question is {100 / questions:.0f} points); the measured "
         "accuracies on hundreds of held-out\nitems per length and configuration are in README (make measure-tiny). "

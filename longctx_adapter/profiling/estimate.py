@@ -35,19 +35,11 @@ from functools import lru_cache
 from longctx_adapter.errors import AdapterError
 from longctx_adapter.ops.pooling import chunk_plan, count_tokens, pooled_shape
 from longctx_adapter.ops.stages import GridShape, parse_stages
+from longctx_adapter.profiling.dtypes import dtype_bytes
 
 __all__ = ["estimate_memory", "max_frames", "param_bytes"]
 
-_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 _QWEN = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
-
-
-def _dtype_bytes(dtype) -> int:
-    key = str(dtype).replace("torch.", "").lower()
-    key = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}.get(key, key)
-    if key not in _BYTES:
-        raise AdapterError(f"unknown dtype {dtype!r}; use bf16, fp16 or fp32")
-    return _BYTES[key]
 
 
 @lru_cache(maxsize=64)
@@ -71,7 +63,7 @@ def param_bytes(config, dtype="bfloat16") -> int:
     for key in ("transformers_version", "architectures", "_name_or_path", "model_type"):
         data.pop(key, None)
     params, buffers = _param_count(json.dumps(data, sort_keys=True, default=str), config.model_type)
-    return params * _dtype_bytes(dtype) + buffers * 4
+    return params * dtype_bytes(dtype) + buffers * 4
 
 
 def _text(config):
@@ -123,7 +115,7 @@ def estimate_memory(
         raise AdapterError("the estimator models sdpa/flash attention; eager attention (L^2 scores) is not modelled")
     if logits not in ("last", "all", "all_fp32"):
         raise AdapterError(f"logits must be 'last', 'all' or 'all_fp32', got {logits!r}")
-    b = _dtype_bytes(dtype)
+    b = dtype_bytes(dtype)
     stages, chunk = _stages(adapter_config)
     kind = config.model_type
     cpu = str(device).split(":")[0] == "cpu"

@@ -20,13 +20,14 @@ bytes x length), weights, and the estimator's figures (`estimate.py`).
 How memory is measured:
 - CUDA: `torch.cuda.max_memory_allocated()` with `reset_peak_memory_stats()` at every stage boundary (tensor bytes,
   allocator cache excluded); rows run in this process one after another (`empty_cache()` between rows).
-- CPU: every row runs in a freshly spawned process, so rows do not contaminate each other. Peaks are the kernel's
-  resident-set high-water mark `VmHWM` of /proc/self/status, reset at every stage boundary by writing "5" to
-  /proc/self/clear_refs (Linux >= 4.0); where that file is not writable a thread samples `VmRSS` every 0.5 ms
-  instead (`rss_method` in the row says which). The worker runs with glibc `MALLOC_MMAP_THRESHOLD_=1 MiB`, so every
-  tensor above 1 MiB is its own mapping and returns to the OS when freed: RSS then follows live tensors, the CPU
-  analogue of max_memory_allocated. Reported CPU peaks are RSS minus the RSS of the warmed-up runtime measured before
-  the model is built (`runtime_rss_bytes`: Python, torch, transformers), so they count model tensors only.
+- CPU: every row runs in a fresh interpreter (`fresh.py`), so rows do not contaminate each other. Peaks are the
+  kernel's resident-set high-water mark `VmHWM` of /proc/self/status, reset at every stage boundary by writing "5" to
+  /proc/self/clear_refs (Linux >= 4.0); where that file is missing or not writable (macOS, some containers) a thread
+  samples the resident set every 0.5 ms instead (`rss_method` in the row says which; see `memory.py`). The worker
+  runs with glibc `MALLOC_MMAP_THRESHOLD_=1 MiB`, so every tensor above 1 MiB is its own mapping and returns to the
+  OS when freed: RSS then follows live tensors, the CPU analogue of max_memory_allocated. Reported CPU peaks are RSS
+  minus the runtime's RSS (`runtime_rss_bytes`: Python, torch, transformers, measured before the model is built,
+  plus what a first 2-frame generate() of the row's own model leaves behind), so they count model tensors only.
 
 Truncated real-size models (`layers=N`, `vision_layers=M` on a preset): the run uses N decoder / M vision layers at
 true width. Reported full-depth figures are `run + (estimate(full depth) - estimate(run depth))` for memory and
@@ -43,9 +44,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import subprocess
-import sys
-import threading
 import time
 import traceback
 from collections.abc import Mapping, Sequence
@@ -54,7 +52,9 @@ from pathlib import Path
 from longctx_adapter import config_text
 from longctx_adapter.config import AdapterConfig
 from longctx_adapter.errors import AdapterError
+from longctx_adapter.profiling.dtypes import dtype_name, torch_dtype
 from longctx_adapter.profiling.estimate import estimate_memory
+from longctx_adapter.profiling.memory import memory_probe
 
 __all__ = [
     "STAGES",
@@ -70,8 +70,6 @@ __all__ = [
 
 STAGES = ("vision", "prefill", "decode")
 GIB = 1024**3
-_DTYPES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16", "fp32": "float32",
-           "float32": "float32"}
 _MMAP_THRESHOLD = str(1 << 20)
 
 
@@ -103,86 +101,7 @@ def default_configs(model) -> list[str]:
     return ["none", "saved" if config_text.saved_config_path(model) is not None else "progressive:2,8,4"]
 
 
-# ---------------------------------------------------------------------------------------------------- memory probes
-
-
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise OSError(f"{field} not in /proc/self/status")
-
-
-class _RssProbe:
-    """Process RSS peak per stage: VmHWM reset through clear_refs, or a sampling thread where that is refused."""
-
-    def __init__(self):
-        self.method = "VmHWM+clear_refs"
-        try:
-            self._clear()
-        except OSError:
-            self.method = "VmRSS sampled every 0.5 ms"
-        self._peak = 0
-        self._stop = threading.Event()
-        self._thread = None
-        if self.method.startswith("VmRSS"):
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
-
-    @staticmethod
-    def _clear():
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-
-    def _sample(self):
-        while not self._stop.is_set():
-            self._peak = max(self._peak, _status_kib("VmRSS") * 1024)
-            time.sleep(0.0005)
-
-    def current(self) -> int:
-        return _status_kib("VmRSS") * 1024
-
-    def reset(self) -> None:
-        if self._thread is None:
-            self._clear()
-        else:
-            self._peak = self.current()
-
-    def peak(self) -> int:
-        if self._thread is None:
-            return _status_kib("VmHWM") * 1024
-        return max(self._peak, self.current())
-
-    def sync(self) -> None:
-        pass
-
-    def close(self) -> None:
-        self._stop.set()
-
-
-class _CudaProbe:
-    method = "torch.cuda.max_memory_allocated"
-
-    def __init__(self, device):
-        import torch
-
-        self.torch, self.device = torch, device
-
-    def sync(self) -> None:
-        self.torch.cuda.synchronize(self.device)
-
-    def current(self) -> int:
-        return self.torch.cuda.memory_allocated(self.device)
-
-    def reset(self) -> None:
-        self.torch.cuda.reset_peak_memory_stats(self.device)
-
-    def peak(self) -> int:
-        return self.torch.cuda.max_memory_allocated(self.device)
-
-    def close(self) -> None:
-        pass
+# ---------------------------------------------------------------------------------------------------- stages
 
 
 def kv_cache_bytes(cache) -> int:
@@ -290,16 +209,7 @@ class _StageRecorder:
 # ---------------------------------------------------------------------------------------------------- one row
 
 
-def _torch_dtype(name: str):
-    import torch
-
-    key = _DTYPES.get(str(name).replace("torch.", "").lower())
-    if key is None:
-        raise AdapterError(f"unknown dtype {name!r}; use bf16, fp16 or fp32")
-    return getattr(torch, key)
-
-
-def _warm_runtime(device) -> None:
+def _warm_kernels(device) -> None:
     """Touch the kernels every row uses (thread pools, BLAS, conv, sdpa) so their buffers are in the baseline."""
     import torch
     import torch.nn.functional as F
@@ -314,13 +224,32 @@ def _warm_runtime(device) -> None:
         F.interpolate(y.view(1, 1, 64, 64), size=(7, 7), mode="bilinear").sum().item()
         F.layer_norm(y, (64,)).sum().item()
         F.gelu(y, approximate="tanh").sum().item()
-    # one tiny generate() so that lazily imported generation code and its first-call allocations are in the baseline
-    from longctx_adapter.testing.tiny import hand_inputs, tiny_model
 
-    tiny = tiny_model("llava_onevision", dtype=torch.bfloat16).to(device)
+
+def _row_inputs(model, spec: dict, frames: int, device):
+    from longctx_adapter.profiling.sizes import video_inputs
+
+    return video_inputs(
+        model.config, frames, spec.get("frame_size"), text_before=spec["text_before"], text_after=spec["text_after"],
+        dtype=torch_dtype(spec["dtype"]), device=device, seed=spec["seed"],
+    )
+
+
+_GENERATE = {"max_new_tokens": 2, "min_new_tokens": 2, "do_sample": False}
+
+
+def _warm_generate(model, spec: dict, device) -> None:
+    """One stock generate() of the row's own model on a few of the row's text tokens (no video: cheap at any
+    size), so that lazily imported generation code and its first-call allocations are in place, and in the
+    baseline, before anything is measured. The vision kernels are warmed by `_warm_kernels`."""
+    import torch
+
+    ids = _row_inputs(model, spec, 2, device)["input_ids"]
+    text = ids[:, : spec["text_before"]] if spec["text_before"] else ids[:, ids.shape[1] - spec["text_after"] :]
+    if text.shape[1] == 0:
+        return
     with torch.inference_mode():
-        inputs = {k: v.to(device) for k, v in hand_inputs("llava_onevision", 2).items()}
-        tiny.generate(**inputs, max_new_tokens=2, min_new_tokens=2, do_sample=False)
+        model.generate(input_ids=text, attention_mask=torch.ones_like(text), **_GENERATE)
 
 
 def _build(spec: dict):
@@ -328,7 +257,7 @@ def _build(spec: dict):
 
     from longctx_adapter.profiling.sizes import preset, real_config, real_model
 
-    dtype = _torch_dtype(spec["dtype"])
+    dtype = torch_dtype(spec["dtype"])
     source = spec["model"]
     if spec["kind"] == "preset":
         p = preset(source)
@@ -364,18 +293,21 @@ def _measure_row(spec: dict, model=None) -> dict:
     import torch
 
     from longctx_adapter import apply_adapter
-    from longctx_adapter.profiling.sizes import video_inputs
 
     device = torch.device(spec["device"])
-    probe = _CudaProbe(device) if device.type == "cuda" else _RssProbe()
+    probe = memory_probe(device)
     out = {"status": "ok", "rss_method": probe.method if device.type == "cpu" else None}
     try:
-        _warm_runtime(device)
-        if model is None:
+        _warm_kernels(device)
+        if model is None:  # CPU rows in a fresh process: the baseline is the runtime, without the weights
             _, load = _build(spec)
-            runtime = probe.current() if device.type == "cpu" else 0
+            before = probe.current()
             model = load()
+            loaded = probe.current()
+            _warm_generate(model, spec, device)
+            runtime = before + probe.current() - loaded  # what the first generate() added belongs to the runtime
         else:
+            _warm_generate(model, spec, device)
             runtime = 0 if device.type == "cuda" else probe.current()
         out["runtime_rss_bytes"] = runtime if device.type == "cpu" else None
         out["weights_bytes_run"] = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -387,12 +319,9 @@ def _measure_row(spec: dict, model=None) -> dict:
                 out["status"] = f"unavailable: {err}"
                 return out
         try:
-            inputs = video_inputs(
-                model.config, spec["frames"], spec.get("frame_size"), text_before=spec["text_before"],
-                text_after=spec["text_after"], dtype=_torch_dtype(spec["dtype"]), device=device, seed=spec["seed"],
-            )
+            inputs = _row_inputs(model, spec, spec["frames"], device)
             out["visual_tokens_before"] = int((inputs["input_ids"] == model.config.video_token_id).sum())
-            gen = {"max_new_tokens": 2, "min_new_tokens": 2, "do_sample": False}
+            gen = dict(_GENERATE)
             if spec.get("prefill_chunk_size"):
                 gen["prefill_chunk_size"] = spec["prefill_chunk_size"]
             with torch.inference_mode(), _StageRecorder(model, probe) as rec:
@@ -426,23 +355,15 @@ def _measure_row(spec: dict, model=None) -> dict:
 
 
 def _spawned(spec: dict) -> dict:
-    """_measure_row in a fresh interpreter (`python -m longctx_adapter.profiling.worker`), glibc mmap threshold 1 MiB."""
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=_MMAP_THRESHOLD)
-    proc = subprocess.run(
-        [sys.executable, "-m", "longctx_adapter.profiling.worker"],
-        input=json.dumps(spec),
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=str(Path(__file__).resolve().parents[2]),
-    )
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith("ROW "):
-            return json.loads(line[4:])
-    tail = (proc.stderr or proc.stdout or "").strip().splitlines()[-3:]
-    killed = proc.returncode in (-9, 137)
-    status = "oom: worker killed (SIGKILL, likely out of memory)" if killed else f"error: worker exited {proc.returncode}"
-    return {"status": status, "traceback": "\n".join(tail)}
+    """_measure_row in a fresh interpreter with glibc's mmap threshold at 1 MiB (see the module docstring)."""
+    from longctx_adapter.profiling.fresh import FreshProcessError, run_fresh
+
+    try:
+        return run_fresh(_measure_row, (spec,), env={"MALLOC_MMAP_THRESHOLD_": _MMAP_THRESHOLD}, quiet=True)
+    except FreshProcessError as err:
+        killed = "oom: worker killed (SIGKILL, likely out of memory)"
+        return {"status": killed if err.killed else f"error: worker exited {err.returncode}",
+                "traceback": err.output_tail}
 
 
 # ---------------------------------------------------------------------------------------------------- profile()
@@ -500,9 +421,7 @@ def profile(
     kind, source = _source(model_or_preset)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype_name = _DTYPES.get(str(dtype).replace("torch.", "").lower())
-    if dtype_name is None:
-        raise AdapterError(f"unknown dtype {dtype!r}; use bf16, fp16 or fp32")
+    dtype = dtype_name(dtype)
     frames = [int(f) for f in frames]
     if not frames or min(frames) < 1:
         raise AdapterError(f"frames must be positive integers, got {frames}")
@@ -512,7 +431,7 @@ def profile(
     parsed = [parse_config(c, full_config.model_type, folder) for c in configs]
 
     base = {
-        "kind": kind, "model": source, "layers": layers, "vision_layers": vision_layers, "dtype": dtype_name,
+        "kind": kind, "model": source, "layers": layers, "vision_layers": vision_layers, "dtype": dtype,
         "device": str(device), "attn": attn_implementation, "frame_size": list(frame_size) if frame_size else None,
         "text_before": text_before, "text_after": text_after, "prefill_chunk_size": prefill_chunk_size,
         "seed": seed, "load_weights": load_weights,
@@ -836,7 +755,7 @@ def add_profile_arguments(parser) -> None:
     parser.add_argument(
         "--vision-layers", type=int, default=None, help="vision layers to run (default: same as --layers)"
     )
-    parser.add_argument("--dtype", default="bf16", help="bf16 | fp16 | fp32 (default bf16)")
+    parser.add_argument("--dtype", default="bf16", help="bf16 | fp16 | fp32 | fp64 (default bf16)")
     parser.add_argument("--device", default=None, help="cpu | cuda[:i] (default: cuda if available)")
     parser.add_argument("--attn", default="sdpa", help="attention implementation (default sdpa)")
     parser.add_argument("--frame-size", default=None, help="HxW pixels per frame (Qwen-VL; default 448x448)")
