@@ -1,7 +1,7 @@
 """Evaluation harness (import name ``longctx_adapter.eval``).
 
-- ``video``: decode video files (PyAV / decord / torchcodec), sample frames, build model inputs (HF processor or the
-  torch-only LLaVA-family fallback);
+- ``video``: decode video files (PyAV / decord / torchcodec), sample frames, build model inputs with the model's
+  own HF processor;
 - ``datasets``: multiple-choice items from our JSONL format, Video-MME, MVBench and MLVU as distributed;
 - ``niah``: offline V-NIAH generator and depth x frames heatmaps;
 - ``scoring``: teacher-forced option likelihood and generation with answer matching;

@@ -29,9 +29,6 @@ def _model_options(parser) -> None:
                         "fp32 or their torch names (bfloat16, ...)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (under accelerate launch: each "
                         "process's own device)")
-    parser.add_argument("--processor", choices=("auto", "hf", "fallback"), default="auto",
-                        help="auto: the checkpoint's AutoProcessor, or the torch-only LLaVA-family processor when it "
-                        "cannot load (no torchvision); hf / fallback force one")
     parser.add_argument("--visual-window", type=int, default=None, metavar="N",
                         help="visual training window in tokens for the RoPE shorthands (default: the family preset)")
     parser.add_argument("--backend", choices=("pyav", "decord", "torchcodec"), default="pyav",
@@ -68,7 +65,7 @@ def _run(args) -> int:
     run_question(
         args.model, args.video, args.question, frames=args.frames, fps=args.fps, max_frames=args.max_frames,
         config=args.config, visual_window=args.visual_window, max_new_tokens=args.max_new_tokens, dtype=args.dtype,
-        device=args.device, processor=args.processor, backend=args.backend,
+        device=args.device, backend=args.backend,
     )
     return 0
 
@@ -227,7 +224,7 @@ def _ablate(args) -> int:
     cpu = args.device == "cpu" or (args.device == "auto" and not torch.cuda.is_available())
     state = PartialState(cpu=cpu)
     device = state.device if state.num_processes > 1 and args.device == "auto" else args.device
-    model, processor = load_model(args.model, dtype=args.dtype, device=device, processor=args.processor)
+    model, processor = load_model(args.model, dtype=args.dtype, device=device)
     records = run_ablation(model, processor, items, frames, cells, args.out, mode=args.mode, target=args.target,
                            reduce=args.reduce, max_new_tokens=args.max_new_tokens, progress=not args.no_progress,
                            fps=args.fps, backend=args.backend)

@@ -5,9 +5,8 @@
     longctx-adapter run --model ./llava-onevision-7b --video clip.mp4 --question "what happens?" --frames 64 \
         --config progressive:2,8,4+yarn-visual
 
-It loads the checkpoint with ``AutoModelForImageTextToText`` and its ``AutoProcessor`` (or the torch-only
-fallback processor for LLaVA-family checkpoints when torchvision is missing), samples the frames, applies the
-adapter (by default the model folder's saved ``longctx_adapter.json``, else the family preset; ``--config none``
+It loads the checkpoint with ``AutoModelForImageTextToText`` and its ``AutoProcessor``, samples the frames, applies
+the adapter (by default the model folder's saved ``longctx_adapter.json``, else the family preset; ``--config none``
 for the stock model), streams the answer, and prints what the
 adapter did: frames, visual tokens before and after pooling, RoPE factor, peak memory and time.
 """
@@ -40,29 +39,23 @@ def resolve_dtype(dtype: str | None, device):
     return torch_dtype(dtype)
 
 
-def load_model(path, *, dtype="auto", device="auto", attn_implementation=None, processor: str = "auto"):
-    """(model, processor) of a local checkpoint folder; the model in eval mode on ``device``.
-
-    processor: ``auto`` (HF ``AutoProcessor``, the torch-only fallback when that cannot load), ``hf`` (HF only),
-    ``fallback`` (the torch-only one).
-    """
+def load_model(path, *, dtype="auto", device="auto", attn_implementation=None):
+    """(model, processor) of a local checkpoint folder; the model in eval mode on ``device``, the processor the
+    checkpoint's own (``AutoProcessor``)."""
     from pathlib import Path
 
     from longctx_adapter.eval.video import load_processor
-    from transformers import AutoConfig, AutoModelForImageTextToText
+    from transformers import AutoModelForImageTextToText
 
     if not Path(path).exists():
         raise AdapterError(f"model folder not found: {path} (run loads local checkpoints only)")
     dev = resolve_device(device)
-    config = AutoConfig.from_pretrained(path)
     kwargs = {"dtype": resolve_dtype(dtype, dev)}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
+    processor = load_processor(path)  # before the weights: a missing torchvision is reported at once
     model = AutoModelForImageTextToText.from_pretrained(path, **kwargs).to(dev).eval()
-    mode = {"auto": "auto", "hf": "never", "fallback": "always"}.get(processor)
-    if mode is None:
-        raise AdapterError(f"processor must be auto, hf or fallback, got {processor!r}")
-    return model, load_processor(path, fallback=mode, model_config=config)
+    return model, processor
 
 
 def placeholder_count(model, input_ids) -> int:
@@ -97,7 +90,6 @@ def run_question(
     max_new_tokens: int = 128,
     dtype: str = "auto",
     device: str = "auto",
-    processor: str = "auto",
     backend: str = "pyav",
     out=None,
 ) -> dict:
@@ -122,7 +114,7 @@ def run_question(
     model_type = AutoConfig.from_pretrained(model_path).model_type
     adapter = parse_config(config, model_type, folder=model_path, visual_window=visual_window)
     source = config_source(config, model_path)
-    model, proc = load_model(model_path, dtype=dtype, device=device, processor=processor)
+    model, proc = load_model(model_path, dtype=dtype, device=device)
     model_type = model.config.model_type
     inputs = video_inputs(proc, clip, question, model_type=model_type).to(model.device)
     if "pixel_values" in inputs and model.dtype != inputs["pixel_values"].dtype:

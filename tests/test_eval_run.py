@@ -41,8 +41,7 @@ def test_run_streams_and_reports(checkpoint, video, capsys):
 
 def test_run_report_matches_stream_and_stock(checkpoint, video, capsys):
     out = io.StringIO()
-    report = run_question(checkpoint, video, "what is it ?", frames=4, config="none", max_new_tokens=3, out=out,
-                          processor="fallback")
+    report = run_question(checkpoint, video, "what is it ?", frames=4, config="none", max_new_tokens=3, out=out)
     streamed = capsys.readouterr().out  # TextStreamer writes the answer to stdout as it is generated
     assert report["answer"].strip() and report["answer"].strip() in streamed
     assert report["tokens_before"] == report["tokens_after"] == 4 * 16 + 1 and report["rope_factor"] is None

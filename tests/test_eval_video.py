@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 from longctx_adapter.eval.video import (
-    LlavaFallbackProcessor,
     VideoDecodeError,
     build_prompt,
     load_processor,
@@ -21,7 +20,7 @@ from longctx_adapter.eval.video import (
 )
 
 from longctx_adapter import AdapterError
-from longctx_adapter.testing.tiny import TINY_MODEL_TYPES, synthetic_video, tiny_config, tiny_processor, tiny_tokenizer
+from longctx_adapter.testing.tiny import synthetic_video, tiny_processor, tiny_tokenizer
 
 FRAMES = 20
 FPS = 10
@@ -152,47 +151,39 @@ def test_torchcodec_without_ffmpeg_is_a_backend_error_not_a_bad_file(mp4, monkey
 # ----------------------------------------------------------------------------------------------- inputs
 
 
-def _assert_same(real, fallback):
-    assert sorted(real.keys()) == sorted(fallback.keys())
-    for key in real:
-        a, b = real[key], fallback[key]
-        assert a.shape == b.shape, key
-        if a.is_floating_point():
-            torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
-        else:
-            assert torch.equal(a, b), key
-
-
-@pytest.mark.parametrize("model_type", TINY_MODEL_TYPES)
-@pytest.mark.parametrize("size", [(48, 80), (90, 40)])
-def test_fallback_processor_equals_real_processor(model_type, size):
-    frames = synthetic_video(3, *size, seed=5)
-    real = tiny_processor(model_type)
-    fallback = LlavaFallbackProcessor.from_model_config(tiny_config(model_type), tiny_tokenizer(),
-                                                        chat_template=real.chat_template)
-    question = "what color is the square ?"
-    _assert_same(video_inputs(real, frames, question, model_type=model_type),
-                 video_inputs(fallback, frames, question, model_type=model_type))
-
-
-def test_fallback_from_saved_checkpoint_and_model_runs(tmp_path, mp4):
-    """A saved checkpoint folder read without the HF processor: same inputs, and the stock model accepts them."""
+def test_load_processor_reads_a_saved_checkpoint(tmp_path, mp4):
+    """The processor saved beside a checkpoint builds exactly the inputs of the one it was saved from, and the
+    stock model accepts them."""
     from longctx_adapter.testing.tiny import tiny_model
 
     model_type = "llava_onevision"
     model = tiny_model(model_type)
     model.save_pretrained(tmp_path)
-    tiny_processor(model_type).save_pretrained(tmp_path)
+    original = tiny_processor(model_type)
+    original.save_pretrained(tmp_path)
     clip = load_video(mp4, 4)
-    fallback = load_processor(tmp_path, fallback="always")
-    assert isinstance(fallback, LlavaFallbackProcessor)
-    real = load_processor(tmp_path)
-    assert not isinstance(real, LlavaFallbackProcessor)
-    inputs = video_inputs(fallback, clip, "what is it ?", model=model)
-    _assert_same(video_inputs(real, clip, "what is it ?", model=model), inputs)
+    inputs = video_inputs(load_processor(tmp_path), clip, "what is it ?", model=model)
+    expected = video_inputs(original, clip, "what is it ?", model=model)
+    assert sorted(inputs.keys()) == sorted(expected.keys())
+    for key in expected:
+        assert torch.equal(inputs[key], expected[key]), key
     with torch.inference_mode():
         out = model(**inputs, logits_to_keep=1)
     assert out.logits.shape[:2] == (1, 1)
+
+
+def test_load_processor_errors_name_the_fix(tmp_path, monkeypatch):
+    import transformers
+
+    with pytest.raises(AdapterError, match="cannot load the processor of"):
+        load_processor(tmp_path)  # a folder without processor files
+
+    def no_torchvision(*args, **kwargs):
+        raise ImportError("LlavaOnevisionVideoProcessor requires the Torchvision library")
+
+    monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", no_torchvision)
+    with pytest.raises(AdapterError, match=r"Torchvision library; install the video extra .*longctx-adapter\[video\]"):
+        load_processor(tmp_path)
 
 
 def test_build_prompt_layouts():
@@ -202,8 +193,6 @@ def test_build_prompt_layouts():
         "user <video> q ? assistant"
     )
     assert build_prompt("q", "qwen2_vl", 4) == "USER: <|vision_start|><|video_pad|><|vision_end|>\nq ASSISTANT:"
-    with pytest.raises(AdapterError, match="covers"):
-        LlavaFallbackProcessor("qwen2_vl", tiny_tokenizer(), image_size=28, patch_size=14)
 
 
 def test_write_video_rejects_bad_frames(tmp_path):

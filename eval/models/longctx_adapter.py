@@ -10,8 +10,7 @@ Model args (``--model_args key=value,...``):
 - ``visual_window``: the visual training window for RoPE shorthands when the preset does not know it;
 - ``max_frames_num`` (32): frames sampled uniformly from each video; ``fps``: sample at that rate instead, capped
   at ``max_frames_num``;
-- ``device`` (``auto``), ``dtype`` (``auto``), ``processor`` (``auto`` | ``hf`` | ``fallback``),
-  ``attn_implementation``, ``max_new_tokens`` (default for tasks that set none, 256), ``system_prompt``,
+- ``device`` (``auto``), ``dtype`` (``auto``), ``attn_implementation``, ``max_new_tokens`` (default for tasks that set none, 256), ``system_prompt``,
   ``video_backend`` (``pyav``).
 
 Requests: ``generate_until`` (greedy, stops at the task's ``until`` strings) and ``loglikelihood`` /
@@ -63,7 +62,6 @@ class LongctxAdapter(lmms):
         fps: float | None = None,
         device: str = "auto",
         dtype: str = "auto",
-        processor: str = "auto",
         attn_implementation: str | None = None,
         max_new_tokens: int = 256,
         system_prompt: str | None = None,
@@ -89,7 +87,7 @@ class LongctxAdapter(lmms):
         if state.num_processes > 1 and device == "auto":
             device = str(state.device)
         self._rank, self._world_size = state.process_index, state.num_processes
-        self.model, self.processor = load_model(pretrained, dtype=dtype, device=device, processor=processor,
+        self.model, self.processor = load_model(pretrained, dtype=dtype, device=device,
                                                 attn_implementation=attn_implementation)
         self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
         self.model_type = self.model.config.model_type
