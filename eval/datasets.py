@@ -15,18 +15,19 @@ from __future__ import annotations
 import json
 import os
 import re
-import string
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-from longctx_adapter.eval.video import VideoClip, VideoDecodeError, load_video, sample_indices
+from longctx_adapter.eval.items import ANNOTATIONS, LETTERS, MC_INSTRUCTION, EvalItem, format_question, read_records
+from longctx_adapter.eval.niah import NiahItem
+from longctx_adapter.eval.video import VideoDecodeError
 
 from longctx_adapter.errors import AdapterError
 
 __all__ = [
+    "ANNOTATIONS",
     "EvalItem",
     "LETTERS",
+    "MC_INSTRUCTION",
     "MVBENCH_TASKS",
     "format_question",
     "load_dataset",
@@ -36,118 +37,6 @@ __all__ = [
     "load_videomme",
     "write_jsonl_dataset",
 ]
-
-LETTERS = string.ascii_uppercase
-MC_INSTRUCTION = "Answer with the option's letter from the given choices directly."
-ANNOTATIONS = "annotations.jsonl"
-
-
-@dataclass
-class EvalItem:
-    """One multiple-choice question about one video."""
-
-    id: str
-    question: str
-    options: list[str]
-    answer: int | None  # index into options (None: unknown / test split)
-    video: str | None = None  # a video file, a .npy of uint8 (T, H, W, 3) frames, or a folder of frame images
-    start: float | None = None  # seconds: only this part of the video (MVBench "bound")
-    end: float | None = None
-    frame_fps: float | None = None  # frame folders / .npy: frames per second (for timestamps and bounds)
-    meta: dict = field(default_factory=dict)
-
-    @property
-    def answer_letter(self) -> str | None:
-        return None if self.answer is None else LETTERS[self.answer]
-
-    def prompt(self, instruction: str | None = MC_INSTRUCTION) -> str:
-        return format_question(self.question, self.options, instruction)
-
-    def load_clip(self, num_frames: int | None = None, *, fps=None, max_frames=None, backend="pyav") -> VideoClip:
-        """The item's frames, sampled like :func:`load_video` (uniform over [start, end] when bounded)."""
-        if self.video is None:
-            raise VideoDecodeError(f"item {self.id} names no video")
-        path = Path(self.video)
-        if path.is_dir():
-            return _load_frame_folder(self, path, num_frames, fps, max_frames)
-        if path.suffix == ".npy":
-            if not path.is_file():
-                raise VideoDecodeError(f"video file not found: {path}")
-            try:
-                frames = np.load(path, mmap_mode="r")
-            except (ValueError, OSError) as exc:
-                raise VideoDecodeError(f"cannot read frames from {path}: {exc}") from exc
-            return _sample_array(self, frames, num_frames, fps, max_frames, str(path))
-        return load_video(path, num_frames, fps=fps, max_frames=max_frames, backend=backend, start=self.start,
-                          end=self.end)
-
-    def to_json(self) -> dict:
-        out = {"id": self.id, "question": self.question, "options": list(self.options), "answer": self.answer}
-        for key in ("video", "start", "end", "frame_fps"):
-            if getattr(self, key) is not None:
-                out[key] = getattr(self, key)
-        if self.meta:
-            out["meta"] = self.meta
-        return out
-
-
-def format_question(question: str, options, instruction: str | None = MC_INSTRUCTION) -> str:
-    """``question`` then one ``X. option`` line per option, then the instruction (the Video-MME / lmms-eval style)."""
-    lines = [question.strip()]
-    lines += [f"{LETTERS[i]}. {opt}" for i, opt in enumerate(options)]
-    if instruction:
-        lines.append(instruction)
-    return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------------------------- frame sources
-
-
-def _sample_array(item, frames, num_frames, fps, max_frames, path) -> VideoClip:
-    if frames.ndim != 4 or frames.shape[-1] != 3:
-        raise VideoDecodeError(f"{path}: expected uint8 frames (T, H, W, 3), got shape {frames.shape}")
-    rate = item.frame_fps or 1.0
-    times = np.arange(frames.shape[0]) / rate
-    lo, hi = _bounds(item, times)
-    idx = lo + sample_indices(hi - lo, num_frames, fps=fps, times=times[lo:hi], max_frames=max_frames)
-    return VideoClip(np.ascontiguousarray(frames[idx]).astype(np.uint8), times[idx], idx, frames.shape[0], rate, path,
-                     "numpy")
-
-
-def _bounds(item, times) -> tuple[int, int]:
-    lo, hi = 0, len(times)
-    if item.start is not None:
-        lo = int(np.searchsorted(times, float(item.start), side="left"))
-    if item.end is not None:
-        hi = int(np.searchsorted(times, float(item.end), side="right"))
-    lo, hi = min(lo, len(times) - 1), max(hi, lo + 1)
-    return lo, min(hi, len(times))
-
-
-_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-
-
-def _load_frame_folder(item, folder: Path, num_frames, fps, max_frames) -> VideoClip:
-    from PIL import Image
-
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
-    if not files:
-        raise VideoDecodeError(f"frame folder {folder} holds no images")
-    rate = item.frame_fps or 3.0  # MVBench's frame folders (tvqa) are 3 fps
-    times = np.arange(len(files)) / rate
-    lo, hi = _bounds(item, times)
-    idx = lo + sample_indices(hi - lo, num_frames, fps=fps, times=times[lo:hi], max_frames=max_frames)
-    frames = []
-    for i in idx.tolist():
-        try:
-            with Image.open(files[i]) as img:
-                frames.append(np.asarray(img.convert("RGB")))
-        except OSError as exc:
-            raise VideoDecodeError(f"cannot read frame {files[i]}: {exc}") from exc
-    if len({f.shape for f in frames}) > 1:
-        raise VideoDecodeError(f"frames in {folder} differ in size")
-    return VideoClip(np.stack(frames), times[idx], idx, len(files), rate, str(folder), "frames")
-
 
 # ----------------------------------------------------------------------------------------------- our format
 
@@ -178,30 +67,6 @@ def _strip_letter(option: str) -> str:
     return re.sub(r"^\s*\(?[A-Z][).:]\s*", "", str(option)).strip()
 
 
-def _read_records(path: Path) -> list[dict]:
-    if not path.is_file():
-        raise AdapterError(f"annotation file not found: {path}")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".jsonl":
-        records = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise AdapterError(f"{path}:{n}: not valid JSON: {exc}") from exc
-        return records
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise AdapterError(f"{path}: not valid JSON: {exc}") from exc
-    if isinstance(data, dict):  # {"data": [...]} or {id: record}
-        data = data.get("data", list(data.values()))
-    if not isinstance(data, list):
-        raise AdapterError(f"{path}: expected a list of records")
-    return data
-
-
 def _resolve_video(root: Path, name) -> str | None:
     if name is None:
         return None
@@ -220,11 +85,9 @@ def load_jsonl_dataset(path, video_dir=None, check_videos: bool = False) -> list
     file = path / ANNOTATIONS if path.is_dir() else path
     root = Path(video_dir) if video_dir is not None else file.parent
     items = []
-    for n, rec in enumerate(_read_records(file)):
+    for n, rec in enumerate(read_records(file)):
         where = f"{file} record {n}"
         if "niah" in rec:
-            from longctx_adapter.eval.niah import NiahItem
-
             items.append(NiahItem.from_record(rec, file.parent))
             continue
         for key in ("question", "options"):
@@ -288,7 +151,7 @@ def load_videomme(annotations, video_dir, durations=None, check_videos: bool = F
             raise AdapterError("reading Video-MME's parquet file needs pyarrow (pip install pyarrow)") from exc
         records = pq.read_table(path).to_pylist()
     else:
-        records = _read_records(path)
+        records = read_records(path)
     root = Path(video_dir)
     keep = None if durations is None else {durations} if isinstance(durations, str) else set(durations)
     items = []
@@ -373,7 +236,7 @@ def load_mvbench(json_dir, video_dir, tasks=None, check_videos: bool = False) ->
     items = []
     for fname in files:
         name, (_, prefix, kind, bounded) = by_file.get(fname, (Path(fname).stem, (fname, "", "video", False)))
-        for n, rec in enumerate(_read_records(json_dir / fname)):
+        for n, rec in enumerate(read_records(json_dir / fname)):
             where = f"{fname} record {n}"
             try:
                 options = [str(c) for c in rec["candidates"]]
@@ -416,7 +279,7 @@ def load_mlvu(json_dir, video_dir, tasks=None, check_videos: bool = False) -> li
     wanted = None if tasks is None else ({tasks} if isinstance(tasks, str) else set(tasks))
     items = []
     for file in sorted(json_dir.glob("*.json")):
-        for n, rec in enumerate(_read_records(file)):
+        for n, rec in enumerate(read_records(file)):
             if "candidates" not in rec:
                 continue  # open-ended task
             qtype = rec.get("question_type", file.stem)

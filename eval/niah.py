@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from longctx_adapter.eval.datasets import ANNOTATIONS, EvalItem
+from longctx_adapter.eval.items import ANNOTATIONS, EvalItem, read_records
 from longctx_adapter.eval.video import VideoClip, VideoDecodeError, load_video, sample_indices, write_video
 
 from longctx_adapter.errors import AdapterError
@@ -322,15 +322,13 @@ def write_niah(
 def export_videos(dataset_dir, frame_counts, out_dir=None, video_format: str = "mp4", fps: float = 1.0) -> Path:
     """Materialise every item at every frame count as a video file plus a plain annotations file
     (``<out_dir>/annotations.jsonl``, our JSONL format, ids ``<item>@<frames>``) for tools that read videos."""
-    from longctx_adapter.eval.datasets import load_jsonl_dataset
-
     dataset_dir = Path(dataset_dir)
+    file = dataset_dir / ANNOTATIONS if dataset_dir.is_dir() else dataset_dir
+    items = [NiahItem.from_record(rec, file.parent) for rec in read_records(file) if "niah" in rec]
     out = Path(out_dir) if out_dir is not None else dataset_dir / "videos"
     out.mkdir(parents=True, exist_ok=True)
     records = []
-    for item in load_jsonl_dataset(dataset_dir):
-        if not isinstance(item, NiahItem):
-            continue
+    for item in items:
         for n in frame_counts:
             clip = item.load_clip(int(n))
             name = f"{item.id}_f{n}.{video_format}"

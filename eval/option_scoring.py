@@ -19,7 +19,7 @@ import re
 from collections.abc import Sequence
 
 import torch
-from longctx_adapter.eval.datasets import LETTERS
+from longctx_adapter.eval.items import LETTERS
 
 from longctx_adapter.errors import AdapterError
 
