@@ -60,7 +60,8 @@ def reference_videos(model, model_type, inputs, frame_counts) -> list[tuple[torc
     raise ValueError(model_type)
 
 
-def _runs(row: list[int], token: int) -> list[tuple[int, int]]:
+def placeholder_runs(row: list[int], token: int) -> list[tuple[int, int]]:
+    """(start, end) of every run of `token` in one row of ids."""
     runs, i = [], 0
     while i < len(row):
         if row[i] == token:
@@ -75,29 +76,41 @@ def _runs(row: list[int], token: int) -> list[tuple[int, int]]:
 
 
 @torch.no_grad()
-def reference_forward(model, model_type, inputs, pooling, frame_counts):
-    """Stock model fed pooled features by hand. Returns (logits, text_positions) where text_positions maps
-    each row's caller text positions to positions in the reference layout: list of (caller_idx, ref_idx)."""
+def reference_embeds(model, model_type, inputs, pooling, frame_counts, image_features=None):
+    """(inputs_embeds, attention_mask, maps): every video pooled by hand at its shrunken run, rows left-padded;
+    maps[b] pairs each of row b's caller text positions with its position in the reference layout.
+
+    image_features: stock features of the images (one (n_i, D) per image) for prompts that also hold images
+    on a class whose videos use their own token (LLaVA-NeXT-Video); those runs stay stock.
+    """
     stages = normalize_pooling(pooling)
     token = placeholder_token_id(model, "image" if frames_as_images(model_type) else "video")
+    image_token = placeholder_token_id(model, "image")
     videos = reference_videos(model, model_type, inputs, frame_counts)
+    images = list(image_features or [])
     embed = model.get_input_embeddings()
     ids, mask = inputs["input_ids"], inputs["attention_mask"]
     rows, maps, cursor = [], [], 0
     for b in range(ids.shape[0]):
         live = mask[b].nonzero().squeeze(1).tolist()
         row = ids[b, live].tolist()
+        spans = [(s, e, "video") for s, e in placeholder_runs(row, token)]
+        if images and token != image_token:
+            spans += [(s, e, "image") for s, e in placeholder_runs(row, image_token)]
         pieces, mapping, pos, last = [], [], 0, 0
-        for start, end in _runs(row, token):
-            text = torch.tensor(row[last:start], dtype=torch.long)
-            pieces.append(embed(text))
+        for start, end, kind in sorted(spans):
+            pieces.append(embed(torch.tensor(row[last:start], dtype=torch.long)))
             mapping += [(live[k], pos + k - last) for k in range(last, start)]
             pos += start - last
-            grid, tail = videos[cursor]
-            cursor += 1
-            feats = pool_video(grid, stages).flatten()
-            if tail is not None:
-                feats = torch.cat([feats, tail])
+            if kind == "video":
+                grid, tail = videos[cursor]
+                cursor += 1
+                feats = pool_video(grid, stages).flatten()
+                if tail is not None:
+                    feats = torch.cat([feats, tail])
+            else:
+                feats = images.pop(0)
+                assert feats.shape[0] == end - start
             pieces.append(feats)
             pos += feats.shape[0]
             last = end
@@ -105,6 +118,7 @@ def reference_forward(model, model_type, inputs, pooling, frame_counts):
         mapping += [(live[k], pos + k - last) for k in range(last, len(row))]
         rows.append(torch.cat(pieces))
         maps.append(mapping)
+    assert cursor == len(videos) and not images
     length = max(r.shape[0] for r in rows)
     pad = embed(torch.tensor([model.config.text_config.pad_token_id or 0]))[0]
     embeds = pad.expand(len(rows), length, -1).clone()
@@ -113,5 +127,12 @@ def reference_forward(model, model_type, inputs, pooling, frame_counts):
         embeds[b, length - r.shape[0] :] = r
         ref_mask[b, length - r.shape[0] :] = 1
         maps[b] = [(c, length - r.shape[0] + p) for c, p in maps[b]]
-    logits = model(inputs_embeds=embeds, attention_mask=ref_mask).logits
-    return logits, maps
+    return embeds, ref_mask, maps
+
+
+@torch.no_grad()
+def reference_forward(model, model_type, inputs, pooling, frame_counts):
+    """Stock model fed pooled features by hand. Returns (logits, text_positions) where text_positions maps
+    each row's caller text positions to positions in the reference layout: list of (caller_idx, ref_idx)."""
+    embeds, mask, maps = reference_embeds(model, model_type, inputs, pooling, frame_counts)
+    return model(inputs_embeds=embeds, attention_mask=mask).logits, maps

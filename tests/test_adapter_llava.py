@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import hook_state, logits_of
 from reference import reference_forward
 
 from longctx_adapter import AdapterConfig, AdapterError, apply_adapter, get_adapter, remove_adapter
 from longctx_adapter.ops.pooling import count_tokens, normalize_pooling
 from longctx_adapter.testing.tiny import (
-    TINY_MODEL_TYPES,
     frames_as_images,
     hand_inputs,
     placeholder_token_id,
@@ -26,31 +26,8 @@ POOLINGS = {
 }
 
 
-def _logits(model, inputs, **kw):
-    with torch.no_grad():
-        return model(**inputs, **kw).logits
-
-
-def _hooks(model) -> list:
-    """Every hook and instance-level override (HF itself adds output-capturing hooks on first use)."""
-    return [
-        (name, list(m._forward_hooks.values()), list(m._forward_pre_hooks.values()), "forward" in m.__dict__)
-        for name, m in model.named_modules()
-    ] + ["generate" in model.__dict__]
-
-
 def _no_hooks(model, before) -> bool:
-    return _hooks(model) == before
-
-
-@pytest.fixture(scope="module", params=TINY_MODEL_TYPES)
-def model_type(request):
-    return request.param
-
-
-@pytest.fixture(scope="module")
-def model(model_type):
-    return tiny_model(model_type, seed=0)
+    return hook_state(model) == before
 
 
 def _inputs(model_type, batch, frames=4):
@@ -66,25 +43,25 @@ def _inputs(model_type, batch, frames=4):
 def test_pooling_none_is_bit_exact_in_forward_and_generate(model_type, attn, batch):
     model = tiny_model(model_type, seed=0, attn_implementation=attn)
     inputs, _ = _inputs(model_type, batch)
-    stock = _logits(model, inputs)
+    stock = logits_of(model, inputs)
     stock_gen = model.generate(**inputs, max_new_tokens=4, do_sample=False)
-    hooks = _hooks(model)
+    hooks = hook_state(model)
     with apply_adapter(model, pooling=None):
-        assert torch.equal(_logits(model, inputs), stock)
+        assert torch.equal(logits_of(model, inputs), stock)
         assert torch.equal(model.generate(**inputs, max_new_tokens=4, do_sample=False), stock_gen)
     assert _no_hooks(model, hooks)
 
 
 def test_processor_inputs_identity_and_remove(model_type, model):
     inputs = processor_inputs(model_type, frames=4)
-    stock = _logits(model, inputs)
-    hooks = _hooks(model)
+    stock = logits_of(model, inputs)
+    hooks = hook_state(model)
     handle = apply_adapter(model, pooling=PROGRESSIVE)
-    pooled = _logits(model, inputs)
+    pooled = logits_of(model, inputs)
     assert pooled.shape == stock.shape
     assert not torch.equal(pooled, stock)  # pooling really changed what the LM saw
     handle.remove()
-    assert torch.equal(_logits(model, inputs), stock)
+    assert torch.equal(logits_of(model, inputs), stock)
     assert _no_hooks(model, hooks)
     assert get_adapter(model) is None
 
@@ -97,10 +74,10 @@ def test_stock_resolution_through_the_adapter_path_is_bit_exact(model_type, mode
     identity = {"type": "progressive", "group": 1, "strides": [stride], "mode": "bilinear"}
     for batch in (1, 2):
         inputs = hand_inputs(model_type, 4, batch=batch, seed=1)
-        stock = _logits(model, inputs)
+        stock = logits_of(model, inputs)
         gen = model.generate(**inputs, max_new_tokens=3, do_sample=False)
         with apply_adapter(model, pooling=identity) as handle:
-            assert torch.equal(_logits(model, inputs), stock)
+            assert torch.equal(logits_of(model, inputs), stock)
             assert torch.equal(model.generate(**inputs, max_new_tokens=3, do_sample=False), gen)
             assert all(s["tokens_before"] == s["tokens_after"] for s in handle.last_stats)
 
@@ -115,7 +92,7 @@ def test_adapted_forward_equals_hand_built_reference(model_type, model, name, ba
     pooling = POOLINGS[name]
     ref_logits, maps = reference_forward(model, model_type, inputs, pooling, counts)
     with apply_adapter(model, pooling=pooling):
-        logits = _logits(model, inputs)
+        logits = logits_of(model, inputs)
     assert logits.shape[:2] == inputs["input_ids"].shape
     for b, mapping in enumerate(maps):
         caller = torch.tensor([c for c, _ in mapping])
@@ -158,10 +135,10 @@ def test_labels_and_logits_to_keep_follow_the_rewrite(model_type, model):
 def test_two_models_do_not_interfere(model_type):
     a, b = tiny_model(model_type, seed=0), tiny_model(model_type, seed=0)
     inputs, _ = _inputs(model_type, 1)
-    stock = _logits(b, inputs)
+    stock = logits_of(b, inputs)
     with apply_adapter(a, pooling=PROGRESSIVE):
-        assert not torch.equal(_logits(a, inputs), stock)
-        assert torch.equal(_logits(b, inputs), stock)
+        assert not torch.equal(logits_of(a, inputs), stock)
+        assert torch.equal(logits_of(b, inputs), stock)
         assert get_adapter(b) is None
 
 
@@ -169,7 +146,7 @@ def test_two_models_do_not_interfere(model_type):
 
 
 def _state(model):
-    return dict(model.__dict__), _hooks(model)
+    return dict(model.__dict__), hook_state(model)
 
 
 @pytest.mark.parametrize(
@@ -185,12 +162,12 @@ def _state(model):
 )
 def test_bad_config_raises_and_leaves_model_unchanged(model_type, model, pooling, words):
     inputs, _ = _inputs(model_type, 1)
-    stock = _logits(model, inputs)
+    stock = logits_of(model, inputs)
     before = _state(model)
     with pytest.raises(AdapterError, match=words):
         apply_adapter(model, pooling=pooling)
     assert _state(model) == before
-    assert torch.equal(_logits(model, inputs), stock)
+    assert torch.equal(logits_of(model, inputs), stock)
 
 
 def test_apply_twice_and_unsupported_model(model_type, model):
@@ -217,11 +194,11 @@ def test_call_time_refusal_leaves_model_usable(model_type, model):
             model(**inputs)
         with pytest.raises(AdapterError, match="position_ids"):
             model(**inputs, position_ids=torch.arange(inputs["input_ids"].shape[1])[None])
-    assert torch.equal(_logits(model, inputs), _logits(tiny_model(model_type, seed=0), inputs))
+    assert torch.equal(logits_of(model, inputs), logits_of(tiny_model(model_type, seed=0), inputs))
 
 
 def test_remove_adapter_function_and_context_manager(model):
-    hooks = _hooks(model)
+    hooks = hook_state(model)
     handle = apply_adapter(model, pooling=PROGRESSIVE)
     remove_adapter(model)
     assert handle._removed and _no_hooks(model, hooks)

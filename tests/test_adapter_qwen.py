@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from reference import placeholder_runs
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from longctx_adapter import AdapterError, apply_adapter, get_adapter
@@ -115,16 +116,7 @@ def _naive_reference(stock, ids, types, config, sources, strides, frames, height
     stock ids) of its first frame, its tokens' t is that block's start; every other block is deleted.
     """
     video, opener, closer = config.video_token_id, config.vision_start_token_id, config.vision_end_token_id
-    runs, i = [], 0
-    while i < len(ids):
-        if ids[i] == video:
-            j = i
-            while j < len(ids) and ids[j] == video:
-                j += 1
-            runs.append((i, j))
-            i = j
-        else:
-            i += 1
+    runs = placeholder_runs(ids, video)
     frame_first = [r[0] for r in runs] if per_block else [runs[0][0] + f * height * width for f in range(frames)]
     deleted = set()
     if per_block:

@@ -12,6 +12,7 @@ import sys
 import pytest
 import tomllib
 import torch
+from helpers import own_hooks
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 
@@ -123,17 +124,12 @@ print("imported with skip")
 # --- attributes every family patch hooks --------------------------------------------------------------------
 
 
-def _ours(hooks) -> list:
-    """Hooks other than the output-capturing ones HF itself installs the first time hidden states are asked for."""
-    return [h for h in hooks.values() if "output_capturing_hook" not in getattr(h, "__qualname__", "")]
-
-
 def _hooks(model) -> list:
     return [
         (
             name,
-            _ours(m._forward_hooks),
-            _ours(m._forward_pre_hooks),
+            own_hooks(m._forward_hooks),
+            own_hooks(m._forward_pre_hooks),
             sorted(k for k in m.__dict__ if not k.startswith("_")),
         )
         for name, m in model.named_modules()

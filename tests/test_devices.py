@@ -22,6 +22,7 @@ import sys
 
 import pytest
 import torch
+from helpers import cast_inputs
 from reference import reference_forward
 from transformers import AutoModelForImageTextToText
 
@@ -36,11 +37,6 @@ DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 # bf16 keeps 8 bits of mantissa, fp16 11: the adapted path and the hand-built reference may round differently.
 TOLERANCE = {torch.float32: (1e-5, 1e-5), torch.bfloat16: (5e-2, 5e-2), torch.float16: (5e-3, 5e-3)}
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def _cast(inputs: dict, dtype) -> dict:
-    """What `BatchFeature.to(dtype)` does: floating tensors take the dtype, ids and masks stay integer."""
-    return {k: v.to(dtype) if torch.is_floating_point(v) else v for k, v in inputs.items()}
 
 
 def _features_spy(model):
@@ -72,7 +68,7 @@ def _rotary_spy(model):
 @pytest.mark.parametrize("model_type", TINY_MODEL_TYPES)
 def test_adapted_model_in_dtype(model_type, dtype):
     model = tiny_model(model_type, seed=0, dtype=dtype)
-    inputs = _cast(hand_inputs(model_type, 2, seed=1), dtype)
+    inputs = cast_inputs(hand_inputs(model_type, 2, seed=1), dtype)
     stages = normalize_pooling(POOLING)
     with torch.no_grad():
         stock = model(**inputs).logits
@@ -138,14 +134,8 @@ def test_pooling_keeps_device_and_dtype(device, stages, dtype):
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
-    root = tmp_path_factory.mktemp("device_map")
-    out = {}
-    for model_type in ("llava_onevision", "llava_next"):
-        path = root / model_type
-        tiny_model(model_type, seed=0).save_pretrained(path)
-        out[model_type] = path
-    return out
+def checkpoints(tiny_checkpoint):
+    return {model_type: tiny_checkpoint(model_type) for model_type in ("llava_onevision", "llava_next")}
 
 
 def _nbytes(model) -> int:
@@ -292,7 +282,7 @@ def _flash_available() -> bool:
 @pytest.mark.parametrize("model_type", TINY_MODEL_TYPES)
 def test_flash_attention_2_identity_and_pooled_on_gpu(model_type):
     """GPU only: with flash_attention_2 the identity is bit-exact and pooling equals sdpa (both in bf16 on CUDA)."""
-    inputs = {k: v.cuda() for k, v in _cast(hand_inputs(model_type, 2, batch=2, seed=1), torch.bfloat16).items()}
+    inputs = {k: v.cuda() for k, v in cast_inputs(hand_inputs(model_type, 2, batch=2, seed=1), torch.bfloat16).items()}
     flash = tiny_model(model_type, seed=0, dtype=torch.bfloat16, attn_implementation="flash_attention_2").cuda()
     sdpa = tiny_model(model_type, seed=0, dtype=torch.bfloat16, attn_implementation="sdpa").cuda()
     with torch.no_grad():

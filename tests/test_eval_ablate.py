@@ -37,14 +37,6 @@ def niah_dir(tmp_path_factory):
     return out
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ckpt")
-    tiny_model(MODEL_TYPE).save_pretrained(path)
-    tiny_processor(MODEL_TYPE).save_pretrained(path)
-    return path
-
-
 def _lines(path: Path) -> list[str]:
     return path.read_text().splitlines()
 

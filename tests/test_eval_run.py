@@ -9,17 +9,9 @@ from longctx_adapter.eval.runner import run_question
 from longctx_adapter.eval.video import write_video
 
 from longctx_adapter.cli.main import main
-from longctx_adapter.testing.tiny import synthetic_video, tiny_model, tiny_processor
+from longctx_adapter.testing.tiny import synthetic_video
 
 MODEL_TYPE = "llava_onevision"
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ckpt")
-    tiny_model(MODEL_TYPE).save_pretrained(path)
-    tiny_processor(MODEL_TYPE).save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")

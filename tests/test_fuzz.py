@@ -24,6 +24,7 @@ from functools import cache
 
 import pytest
 import torch
+from helpers import own_hooks
 from hypothesis import HealthCheck, event, given, seed, settings
 from hypothesis import strategies as st
 from reference import reference_forward
@@ -143,14 +144,9 @@ def _probe(model_type, image_size):
     return _PROBES[key]
 
 
-def _ours(hooks) -> list:
-    """Hooks other than the output-capturing ones HF itself installs the first time hidden states are asked for."""
-    return [h for h in hooks.values() if "output_capturing_hook" not in getattr(h, "__qualname__", "")]
-
-
 def _pristine(model) -> list:
     return [
-        (name, _ours(m._forward_hooks), _ours(m._forward_pre_hooks), sorted(k for k in m.__dict__ if k[0] != "_"))
+        (name, own_hooks(m._forward_hooks), own_hooks(m._forward_pre_hooks), sorted(k for k in m.__dict__ if k[0] != "_"))
         for name, m in model.named_modules()
     ]
 

@@ -9,20 +9,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from reference import reference_videos
+from reference import placeholder_runs, reference_embeds
 from transformers import TextStreamer
 from transformers.generation.streamers import BaseStreamer
 
 from longctx_adapter import AdapterConfig, apply_adapter
-from longctx_adapter.ops.pooling import pool_video
 from longctx_adapter.testing.tiny import (
     IMAGE_TOKEN_ID,
-    PAD_ID,
-    TINY_MODEL_TYPES,
     VIDEO_TOKEN_ID,
     frames_as_images,
     hand_inputs,
-    placeholder_token_id,
     processor_inputs,
     synthetic_video,
     tiny_model,
@@ -36,81 +32,14 @@ CONFIG = AdapterConfig(pooling=POOLING)
 NEW = 4
 
 
-@pytest.fixture(scope="module", params=TINY_MODEL_TYPES)
-def model_type(request):
-    return request.param
-
-
-@pytest.fixture(scope="module")
-def model(model_type):
-    return tiny_model(model_type, seed=0)
-
-
 @pytest.fixture(scope="module")
 def inputs(model_type):
     return hand_inputs(model_type, 2, seed=1)
 
 
-def _runs(row: list[int], token: int) -> list[tuple[int, int]]:
-    out, i = [], 0
-    while i < len(row):
-        if row[i] == token:
-            j = i
-            while j < len(row) and row[j] == token:
-                j += 1
-            out.append((i, j))
-            i = j
-        else:
-            i += 1
-    return out
-
-
-@torch.no_grad()
-def reference_embeds(model, model_type, inputs, frame_counts, image_features=None):
-    """(inputs_embeds, attention_mask): every video pooled by hand at its shrunken run, rows left-padded.
-
-    image_features: stock features of the images (one (n_i, D) per image) for prompts that also hold images
-    on a class whose videos use their own token (LLaVA-NeXT-Video); those runs stay stock.
-    """
-    video_token = placeholder_token_id(model, "image" if frames_as_images(model_type) else "video")
-    videos = reference_videos(model, model_type, inputs, frame_counts)
-    images = list(image_features or [])
-    embed = model.get_input_embeddings()
-    ids, mask = inputs["input_ids"], inputs["attention_mask"]
-    rows, v = [], 0
-    for b in range(ids.shape[0]):
-        row = ids[b, mask[b].bool()].tolist()
-        spans = [(s, e, "video") for s, e in _runs(row, video_token)]
-        if images and video_token != IMAGE_TOKEN_ID:
-            spans += [(s, e, "image") for s, e in _runs(row, IMAGE_TOKEN_ID)]
-        pieces, last = [], 0
-        for start, end, kind in sorted(spans):
-            pieces.append(embed(torch.tensor(row[last:start], dtype=torch.long)))
-            if kind == "video":
-                grid, tail = videos[v]
-                v += 1
-                feats = pool_video(grid, POOLING).flatten()
-                pieces.append(feats if tail is None else torch.cat([feats, tail]))
-            else:
-                feats = images.pop(0)
-                assert feats.shape[0] == end - start
-                pieces.append(feats)
-            last = end
-        pieces.append(embed(torch.tensor(row[last:], dtype=torch.long)))
-        rows.append(torch.cat(pieces))
-    assert v == len(videos) and not images
-    length = max(r.shape[0] for r in rows)
-    embeds = embed(torch.tensor([PAD_ID]))[0].expand(len(rows), length, -1).clone()
-    ref_mask = torch.zeros(len(rows), length, dtype=torch.long)
-    for b, r in enumerate(rows):
-        embeds[b, length - r.shape[0] :] = r
-        ref_mask[b, length - r.shape[0] :] = 1
-    return embeds, ref_mask
-
-
 def reference_generate(model, model_type, inputs, frame_counts, image_features=None, **gen):
     """New tokens of the stock model generating from hand-built embeddings (generate returns only new tokens)."""
-    embeds, mask = reference_embeds(model, model_type, inputs, frame_counts, image_features)
+    embeds, mask, _ = reference_embeds(model, model_type, inputs, POOLING, frame_counts, image_features)
     out = model.generate(inputs_embeds=embeds, attention_mask=mask, do_sample=False, **gen)
     return out if isinstance(out, torch.Tensor) else out.sequences
 
@@ -119,7 +48,7 @@ def _frames(inputs, model_type):
     """Frames per row of batch-1 (or equal-count) hand inputs."""
     if frames_as_images(model_type):
         rows = inputs["input_ids"].shape[0]
-        assert all(len(_runs(r.tolist(), IMAGE_TOKEN_ID)) == 1 for r in inputs["input_ids"])  # one video per row
+        assert all(len(placeholder_runs(r.tolist(), IMAGE_TOKEN_ID)) == 1 for r in inputs["input_ids"])  # one video per row
         return [inputs["pixel_values"].shape[0] // rows] * rows
     return [inputs["pixel_values_videos"].shape[1]] * inputs["input_ids"].shape[0]
 
@@ -200,7 +129,7 @@ def test_positional_input_ids_and_no_attention_mask(model_type, model, inputs):
 def test_sampling_matches_reference_under_the_same_seed(model_type, model, inputs):
     prompt = inputs["input_ids"].shape[1]
     sample = {"do_sample": True, "top_k": 0, "temperature": 1.5, "max_new_tokens": NEW, "min_new_tokens": NEW}
-    embeds, mask = reference_embeds(model, model_type, inputs, _frames(inputs, model_type))
+    embeds, mask, _ = reference_embeds(model, model_type, inputs, POOLING, _frames(inputs, model_type))
     torch.manual_seed(123)
     ref = model.generate(inputs_embeds=embeds, attention_mask=mask, **sample)
     with apply_adapter(model, CONFIG):
@@ -299,8 +228,8 @@ def mixed(request):
         return_tensors="pt",
     )
     ids = inputs["input_ids"][0].tolist()
-    (image_run,) = _runs(ids, IMAGE_TOKEN_ID)
-    (video_run,) = _runs(ids, VIDEO_TOKEN_ID)
+    (image_run,) = placeholder_runs(ids, IMAGE_TOKEN_ID)
+    (video_run,) = placeholder_runs(ids, VIDEO_TOKEN_ID)
     image_output = _stock_image_output(model, inputs)
     image_feats = list(image_output.pooler_output)
     assert sum(f.shape[0] for f in image_feats) == image_run[1] - image_run[0]
@@ -351,7 +280,7 @@ def test_image_and_video_generate_matches_reference(mixed):
 def test_image_and_video_forward_with_precomputed_image_features(mixed):
     """Workaround for the bug below: pass the image as mm_encoder_outputs["image"] instead of pixel_values."""
     model_type, model, inputs, image_output, image_feats, video_run = mixed
-    embeds, mask = reference_embeds(model, model_type, inputs, [MIXED_FRAMES], image_feats)
+    embeds, mask, _ = reference_embeds(model, model_type, inputs, POOLING, [MIXED_FRAMES], image_feats)
     with torch.no_grad():
         ref_logits = model(inputs_embeds=embeds, attention_mask=mask).logits
     call = {k: v for k, v in inputs.items() if k not in ("pixel_values", "image_sizes", "batch_num_images")}
@@ -366,7 +295,7 @@ def test_image_and_video_forward_with_precomputed_image_features(mixed):
 @pytest.mark.parametrize("mixed", MIXED_TYPES, indirect=True)
 def test_image_and_video_forward_matches_reference(mixed):
     model_type, model, inputs, _, image_feats, video_run = mixed
-    embeds, mask = reference_embeds(model, model_type, inputs, [MIXED_FRAMES], image_feats)
+    embeds, mask, _ = reference_embeds(model, model_type, inputs, POOLING, [MIXED_FRAMES], image_feats)
     with torch.no_grad():
         ref_logits = model(inputs_embeds=embeds, attention_mask=mask).logits
     with apply_adapter(model, CONFIG) as handle, torch.no_grad():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import logits_of
 from transformers import (
     AutoModelForImageTextToText,
     LlamaConfig,
@@ -22,20 +23,16 @@ from longctx_adapter import (
     supported_models,
     unpatch_transformers,
 )
-from longctx_adapter.testing.tiny import hand_inputs, tiny_model
+from longctx_adapter.testing.tiny import hand_inputs
 
 OV_POOLING = {"type": "progressive", "group": 2, "strides": [2, 4], "mode": "avg"}
 NV_POOLING = {"type": "temporal", "kernel": 2, "stride": 2}
 
 
 @pytest.fixture(scope="module")
-def saved(tmp_path_factory):
+def saved(tiny_checkpoint, tmp_path_factory):
+    paths = {model_type: tiny_checkpoint(model_type) for model_type in ("llava_onevision", "llava_next_video")}
     root = tmp_path_factory.mktemp("checkpoints")
-    paths = {}
-    for model_type in ("llava_onevision", "llava_next_video"):
-        path = root / model_type
-        tiny_model(model_type, seed=0).save_pretrained(path)
-        paths[model_type] = path
     llama = LlamaForCausalLM(
         LlamaConfig(vocab_size=32, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
     )
@@ -50,11 +47,6 @@ def clean_patch():
     unpatch_transformers()
     yield
     unpatch_transformers()
-
-
-def _logits(model, inputs):
-    with torch.no_grad():
-        return model(**inputs).logits
 
 
 def _inputs(model_type):
@@ -72,14 +64,14 @@ def test_from_pretrained_with_adapter_equals_apply_on_stock_copy(saved, model_ty
     assert type(stock) is type(model)
     assert get_adapter(stock) is None
     inputs = _inputs(model_type)
-    stock_logits = _logits(stock, inputs)
+    stock_logits = logits_of(stock, inputs)
     with apply_adapter(stock, {"pooling": pooling}):
-        expected = _logits(stock, inputs)
-    got = _logits(model, inputs)
+        expected = logits_of(stock, inputs)
+    got = logits_of(model, inputs)
     assert torch.equal(got, expected)
     assert not torch.equal(got, stock_logits)  # the loaded model really pools
     handle.remove()
-    assert torch.equal(_logits(model, inputs), stock_logits)
+    assert torch.equal(logits_of(model, inputs), stock_logits)
 
 
 def test_from_pretrained_accepts_config_forms_and_hf_kwargs(saved):
@@ -127,14 +119,14 @@ def test_two_loaded_models_are_adapted_independently(saved):
     inputs = _inputs("llava_onevision")
     ha, hb = get_adapter(a), get_adapter(b)
     assert ha is not hb and ha.model is a and hb.model is b
-    la, lb, ls = _logits(a, inputs), _logits(b, inputs), _logits(stock, inputs)
+    la, lb, ls = logits_of(a, inputs), logits_of(b, inputs), logits_of(stock, inputs)
     assert not torch.equal(la, lb)
     # 7x7 grid, 2 frames: stride 2 -> 4x4, stride 4 -> 2x2, plus the one newline; temporal 2 -> 1 frame of 7x7
     assert [s["tokens_after"] for s in ha.last_stats] == [16 + 4 + 1]
     assert [s["tokens_after"] for s in hb.last_stats] == [49 + 1]
     ha.remove()
-    assert torch.equal(_logits(a, inputs), ls)
-    assert torch.equal(_logits(b, inputs), lb)  # b keeps its adapter
+    assert torch.equal(logits_of(a, inputs), ls)
+    assert torch.equal(logits_of(b, inputs), lb)  # b keeps its adapter
 
 
 # --- patch_transformers ------------------------------------------------------------------------------------------
@@ -149,7 +141,7 @@ def test_patch_transformers_adapts_class_and_auto_loads(saved, clean_patch):
     inputs = _inputs("llava_onevision")
     stock = LlavaOnevisionForConditionalGeneration.from_pretrained(path)
     with apply_adapter(stock, cfg):
-        expected = _logits(stock, inputs)
+        expected = logits_of(stock, inputs)
 
     patch_transformers(cfg)
     try:
@@ -159,7 +151,7 @@ def test_patch_transformers_adapts_class_and_auto_loads(saved, clean_patch):
         for model in (direct, auto):
             assert isinstance(model, LlavaOnevisionForConditionalGeneration)
             assert get_adapter(model) is not None and get_adapter(model).config == cfg
-            assert torch.equal(_logits(model, inputs), expected)
+            assert torch.equal(logits_of(model, inputs), expected)
         assert get_adapter(direct) is not get_adapter(auto)
         assert get_adapter(nv) is not None and get_adapter(nv).config == cfg
         # longctx_adapter.from_pretrained while patched: its own adapter wins
@@ -176,7 +168,7 @@ def test_patch_transformers_adapts_class_and_auto_loads(saved, clean_patch):
     later = LlavaOnevisionForConditionalGeneration.from_pretrained(path)
     later_auto = AutoModelForImageTextToText.from_pretrained(path)
     assert get_adapter(later) is None and get_adapter(later_auto) is None
-    assert torch.equal(_logits(later, inputs), _logits(stock, inputs))
+    assert torch.equal(logits_of(later, inputs), logits_of(stock, inputs))
     # models loaded while patched keep their adapters
     assert get_adapter(direct) is not None
     unpatch_transformers()  # idempotent

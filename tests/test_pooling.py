@@ -6,6 +6,7 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import make_grid
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reference import naive_starts
@@ -29,11 +30,6 @@ from longctx_adapter.ops.pooling import (
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-
-
-def make_grid(T, H, W, D, dtype=torch.float32, seed=0, device="cpu"):
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randn(T, H, W, D, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import hook_state, logits_of, make_grid
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reference import naive_starts
@@ -35,11 +36,6 @@ from longctx_adapter.testing.tiny_scorer import clip_from_vision_tower, tiny_cli
 
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 PG = {"type": "prompt_guided", "kernel": [1, 2, 2], "stride": [1, 2, 2]}
-
-
-def make_grid(T, H, W, D, seed=0, dtype=torch.float32):
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randn(T, H, W, D, generator=gen, dtype=torch.float64).to(dtype)
 
 
 def make_logits(T, H, W, seed=1, scale=30.0):
@@ -441,18 +437,6 @@ def next_video():
     return tiny_model("llava_next_video", seed=0)
 
 
-def _logits(model, inputs, **kw):
-    with torch.no_grad():
-        return model(**inputs, **kw).logits
-
-
-def _hooks(model):
-    return [
-        (name, list(m._forward_hooks.values()), list(m._forward_pre_hooks.values()), "forward" in m.__dict__)
-        for name, m in model.named_modules()
-    ] + ["generate" in model.__dict__]
-
-
 def test_errors_at_apply_time(next_video):
     with pytest.raises(AdapterError, match="scorer="):
         apply_adapter(next_video, pooling=SELECT_PG)
@@ -476,33 +460,33 @@ def test_per_segment_larger_than_a_segment_at_call_time(next_video, clip_scorer)
 def test_identity_and_remove(next_video, clip_scorer):
     """Stages that keep every token (all frames, 1x1x1 windows) reproduce the stock model bit for bit."""
     inputs = hand_inputs("llava_next_video", 4, batch=2, seed=1)
-    stock = _logits(next_video, inputs)
+    stock = logits_of(next_video, inputs)
     stock_gen = next_video.generate(**inputs, max_new_tokens=3, do_sample=False)
-    hooks = _hooks(next_video)
+    hooks = hook_state(next_video)
     keep_all = [
         {"type": "select_frames", "segments": 4, "per_segment": 1},
         {"type": "prompt_guided", "kernel": [1, 1, 1], "stride": [1, 1, 1]},
     ]
     handle = apply_adapter(next_video, pooling=keep_all, scorer=clip_scorer)
-    assert torch.equal(_logits(next_video, inputs, question="red ball"), stock)
+    assert torch.equal(logits_of(next_video, inputs, question="red ball"), stock)
     assert torch.equal(next_video.generate(**inputs, max_new_tokens=3, do_sample=False, question="red ball"), stock_gen)
     assert handle.last_stats[0]["question"] == "red ball"
     handle.remove()
-    assert torch.equal(_logits(next_video, inputs), stock)
-    assert _hooks(next_video) == hooks and get_adapter(next_video) is None
+    assert torch.equal(logits_of(next_video, inputs), stock)
+    assert hook_state(next_video) == hooks and get_adapter(next_video) is None
 
 
 def test_onevision_identity_with_keyframes(clip_scorer):
     model = tiny_model("llava_onevision", seed=0)
     inputs = hand_inputs("llava_onevision", 4, seed=1)
-    stock = _logits(model, inputs)
+    stock = logits_of(model, inputs)
     siglip = Scorer(tiny_siglip(seed=2), tiny_scorer_tokenizer())
     stages = [
         {"type": "prompt_guided", "kernel": [1, 1, 1], "stride": [1, 1, 1]},
         {"type": "progressive", "group": 1, "strides": [2], "mode": "bilinear", "anchor": "score"},
     ]
     with apply_adapter(model, pooling=stages, scorer=siglip) as handle:
-        assert torch.equal(_logits(model, inputs, question="red"), stock)
+        assert torch.equal(logits_of(model, inputs, question="red"), stock)
         assert handle.last_stats[0]["anchors"] == [0, 1, 2, 3]
 
 
@@ -510,12 +494,12 @@ def test_no_question_is_conv3d_with_one_warning(next_video, clip_scorer):
     inputs = hand_inputs("llava_next_video", 4, batch=2, seed=1)
     conv = {**PG, "type": "conv3d"}
     with apply_adapter(next_video, pooling=conv):
-        expected = _logits(next_video, inputs)
+        expected = logits_of(next_video, inputs)
     with apply_adapter(next_video, pooling=PG, scorer=clip_scorer):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            first = _logits(next_video, inputs)
-            second = _logits(next_video, inputs)
+            first = logits_of(next_video, inputs)
+            second = logits_of(next_video, inputs)
     assert torch.equal(first, expected) and torch.equal(second, expected)
     assert len([w for w in caught if "no question" in str(w.message)]) == 1
 
@@ -524,14 +508,14 @@ def test_question_sources(next_video, clip_scorer):
     inputs = hand_inputs("llava_next_video", 4, batch=2, seed=1)
     tok = tiny_tokenizer()
     with apply_adapter(next_video, pooling=PG, scorer=clip_scorer, tokenizer=tok) as handle:
-        from_prompt = _logits(next_video, inputs)
+        from_prompt = logits_of(next_video, inputs)
         texts = [s["question"] for s in handle.last_stats]
         for row, text in enumerate(texts):
             tail = inputs["input_ids"][row, -4:]  # hand_inputs: 4 words after the video
             assert text == tok.decode(tail, skip_special_tokens=True)
-        same = _logits(next_video, inputs, question=texts)
+        same = logits_of(next_video, inputs, question=texts)
         assert torch.equal(same, from_prompt)
-        other = _logits(next_video, inputs, question="red square")
+        other = logits_of(next_video, inputs, question="red square")
         assert not torch.equal(other, from_prompt)
         assert [s["question"] for s in handle.last_stats] == ["red square"] * 2
         with pytest.raises(AdapterError, match="one per batch row"):
@@ -542,7 +526,7 @@ def test_question_sources(next_video, clip_scorer):
         header = inputs["input_ids"][:, -2:]  # stand-in for the assistant header's words
         turn["input_ids"] = torch.cat([inputs["input_ids"], end, header], 1)
         turn["attention_mask"] = torch.cat([inputs["attention_mask"], torch.ones(2, 3, dtype=torch.long)], 1)
-        _logits(next_video, turn)
+        logits_of(next_video, turn)
         assert [s["question"] for s in handle.last_stats] == texts
 
 
@@ -571,7 +555,7 @@ def test_selection_picks_the_planted_frames_end_to_end(model_type):
     scorer = _planted_scorer(Scorer(tiny_clip(seed=7), tiny_scorer_tokenizer()), {frames: (1, 4)})
     stage = {"type": "select_frames", "segments": 2, "per_segment": 1}
     with apply_adapter(model, pooling=stage, scorer=scorer) as handle:
-        adapted = _logits(model, inputs, question="red ball")
+        adapted = logits_of(model, inputs, question="red ball")
         assert handle.last_stats[0]["kept_frames"] == [1, 4]
     # On 1-D RoPE "original" changes nothing in positions: the same as the stock model fed only the kept frames.
     kept = [1, 4]
@@ -581,7 +565,7 @@ def test_selection_picks_the_planted_frames_end_to_end(model_type):
     else:
         small = hand_inputs(model_type, len(kept), seed=1)
         small["pixel_values_videos"] = inputs["pixel_values_videos"][:, kept]
-    reference = _logits(model, small)
+    reference = logits_of(model, small)
     placeholder = model.config.image_token_id if model_type == "llava" else model.config.video_token_id
     caller_text = (inputs["input_ids"][0] != placeholder).nonzero().squeeze(1)
     small_text = (small["input_ids"][0] != placeholder).nonzero().squeeze(1)
@@ -598,10 +582,10 @@ def test_reuses_the_vision_tower_of_the_lmm():
     try:
         with apply_adapter(model, pooling=SELECT_PG, scorer=scorer) as handle:
             assert handle.guidance.reuse
-            reused = _logits(model, inputs, question="red ball")
+            reused = logits_of(model, inputs, question="red ball")
             assert passes == []  # no second vision pass
             handle.guidance.reuse = False
-            own = _logits(model, inputs, question="red ball")
+            own = logits_of(model, inputs, question="red ball")
             assert passes  # the scorer's own pass ran
         assert torch.equal(reused, own)
         assert not model.model.vision_tower._forward_hooks
@@ -618,13 +602,13 @@ def test_registered_name_and_local_path(tmp_path, next_video):
     register_scorer("tiny-clip", Scorer(model, tok))
     try:
         with apply_adapter(next_video, pooling={**PG, "scorer": "tiny-clip"}):
-            by_name = _logits(next_video, inputs, question="red")
+            by_name = logits_of(next_video, inputs, question="red")
     finally:
         unregister_scorer("tiny-clip")
     model.save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
     with apply_adapter(next_video, pooling={**PG, "scorer": str(tmp_path)}) as handle:
-        by_path = _logits(next_video, inputs, question="red")
+        by_path = logits_of(next_video, inputs, question="red")
         assert handle.config.to_dict()["pooling"][0]["scorer"] == str(tmp_path)
     torch.testing.assert_close(by_path, by_name)
 
@@ -634,9 +618,9 @@ def test_chunked_encoding_gives_the_same_result(clip_scorer):
     inputs = hand_inputs("llava_onevision", 4, seed=1)
     stages = [{"type": "select_frames", "segments": 2, "per_segment": 1}, PG]
     with apply_adapter(model, pooling=stages, scorer=clip_scorer):
-        whole = _logits(model, inputs, question="red")
+        whole = logits_of(model, inputs, question="red")
     with apply_adapter(model, pooling=stages, scorer=clip_scorer, vision_chunk_frames=2):
-        chunked = _logits(model, inputs, question="red")
+        chunked = logits_of(model, inputs, question="red")
     torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-6)
 
 
@@ -701,7 +685,7 @@ def test_qwen3_selection_deletes_unselected_blocks_and_takes_keyframes(clip_scor
     scorer = _planted_scorer(clip_scorer, {8: (2, 3, 6, 7)})  # pixel frames 2-3 and 6-7 = temporal patches 1, 3
     try:
         with apply_adapter(model, pooling=stage, scorer=scorer) as handle, PositionIds(model) as rec:
-            logits = _logits(model, inputs, question="red ball")
+            logits = logits_of(model, inputs, question="red ball")
             assert handle.last_stats[0]["kept_frames"] == [1, 3]
         got = rec.ids[0][:, 0]
         # expected: the caller's tokens without blocks 0 and 2 (from each block's timestamp through <|vision_end|>)
@@ -719,19 +703,19 @@ def test_qwen3_selection_deletes_unselected_blocks_and_takes_keyframes(clip_scor
                 model(**bare, question="red ball")
         scorer = _planted_scorer(clip_scorer, {8: (0, 1, 6, 7)})  # frame 0 kept: fine without outer markers
         with apply_adapter(model, pooling=stage, scorer=scorer) as handle:
-            assert torch.isfinite(_logits(model, bare, question="red ball")).all()
+            assert torch.isfinite(logits_of(model, bare, question="red ball")).all()
             assert handle.last_stats[0]["kept_frames"] == [0, 3]
     finally:
         del clip_scorer.embed_pixels
     stage = {"type": "progressive", "group": 2, "strides": [1, 2], "mode": "avg", "anchor": "score"}
     with apply_adapter(model, pooling=stage, scorer=clip_scorer) as handle:
-        logits = _logits(model, inputs, question="red")
+        logits = logits_of(model, inputs, question="red")
         assert logits.shape[:2] == inputs["input_ids"].shape and torch.isfinite(logits).all()
         assert len(handle.last_stats[0]["anchors"]) == 2
     # prompt-guided windows over two frames: each pair's first block stays, the second goes (2 of 4 blocks)
     with apply_adapter(model, pooling={**PG, "kernel": [2, 2, 2], "stride": [2, 2, 2]}, scorer=clip_scorer) as handle:
         with PositionIds(model) as rec:
-            logits = _logits(model, inputs, question="red")
+            logits = logits_of(model, inputs, question="red")
         assert handle.last_stats[0]["tokens_after"] == 2 * 4
     block = 2 + 1 + 16 + 1  # timestamp words, <|vision_start|>, tokens, <|vision_end|>
     assert rec.ids[0].shape[-1] == inputs["input_ids"].shape[1] - 2 * block - 2 * (16 - 4)

@@ -6,6 +6,7 @@ import threading
 
 import pytest
 import torch
+from helpers import cast_inputs
 
 import longctx_adapter
 from longctx_adapter import apply_adapter, get_adapter
@@ -17,15 +18,11 @@ ROPE = {"type": "yarn", "visual_window": 1}  # temporal span in M-RoPE t positio
 CONFIG = {"pooling": POOLING, "rope": ROPE}
 
 
-def _cast(inputs: dict, dtype) -> dict:
-    return {k: v.to(dtype) if torch.is_floating_point(v) else v for k, v in inputs.items()}
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("model_type", QWEN_TINY_TYPES)
 def test_adapted_qwen_in_dtype(model_type, dtype):
     model = qwen_tiny_model(model_type, seed=0, dtype=dtype)
-    inputs = _cast(qwen_hand_inputs(model_type, 4, batch=2, seed=1), dtype)
+    inputs = cast_inputs(qwen_hand_inputs(model_type, 4, batch=2, seed=1), dtype)
     seen = []
     spy = model.model.register_forward_pre_hook(
         lambda m, a, kw: (

@@ -19,7 +19,6 @@ from longctx_adapter.ops.rope import (
     yarn_inv_freq,
 )
 from longctx_adapter.testing.tiny import (
-    TINY_MODEL_TYPES,
     frames_as_images,
     hand_inputs,
     placeholder_token_id,
@@ -51,16 +50,6 @@ class Capture:
 
     def close(self):
         self.handle.remove()
-
-
-@pytest.fixture(scope="module", params=TINY_MODEL_TYPES)
-def model_type(request):
-    return request.param
-
-
-@pytest.fixture(scope="module")
-def model(model_type):
-    return tiny_model(model_type, seed=0)
 
 
 def _stock_rope_model(model_type, model, rope_parameters):

@@ -7,6 +7,7 @@ import os
 
 import pytest
 import torch
+from helpers import logits_of
 from safetensors import safe_open
 from transformers import AutoModelForImageTextToText
 
@@ -25,11 +26,6 @@ from longctx_adapter.testing.tiny import TINY_MODEL_TYPES, hand_inputs, tiny_mod
 POOLING = {"type": "progressive", "group": 2, "strides": [1, 2], "mode": "avg"}
 ROPE = {"type": "yarn", "visual_window": 16}
 CONFIG = AdapterConfig(pooling=POOLING, rope=ROPE)
-
-
-def _logits(model, inputs):
-    with torch.no_grad():
-        return model(**inputs).logits
 
 
 def _tensors(folder) -> tuple[dict, dict]:
@@ -58,9 +54,9 @@ def saved(request, tmp_path_factory):
     stock.save_pretrained(root / "stock")
     model = tiny_model(model_type, seed=0)
     inputs = hand_inputs(model_type, 2, seed=1)
-    stock_logits = _logits(stock, inputs)
+    stock_logits = logits_of(stock, inputs)
     handle = apply_adapter(model, CONFIG)
-    adapted_logits = _logits(model, inputs)
+    adapted_logits = logits_of(model, inputs)
     assert not torch.equal(adapted_logits, stock_logits)
     model.save_pretrained(root / "adapted")
     return {
@@ -97,18 +93,18 @@ def test_adapted_save_writes_stock_weights_and_adapter_json(saved):
 def test_plain_transformers_load_gives_the_stock_model(saved):
     model = AutoModelForImageTextToText.from_pretrained(saved["adapted"])
     assert get_adapter(model) is None and "forward" not in model.__dict__
-    assert torch.equal(_logits(model, saved["inputs"]), saved["stock_logits"])
+    assert torch.equal(logits_of(model, saved["inputs"]), saved["stock_logits"])
 
 
 def test_longctx_from_pretrained_uses_the_saved_config(saved):
     model = longctx_adapter.from_pretrained(saved["adapted"])
     handle = get_adapter(model)
     assert handle.config == saved["handle"].config
-    assert torch.equal(_logits(model, saved["inputs"]), saved["adapted_logits"])
+    assert torch.equal(logits_of(model, saved["inputs"]), saved["adapted_logits"])
     # an explicit adapter wins over the saved one
     off = longctx_adapter.from_pretrained(saved["adapted"], adapter={"pooling": None, "rope": None})
     assert get_adapter(off).config == AdapterConfig()
-    assert torch.equal(_logits(off, saved["inputs"]), saved["stock_logits"])
+    assert torch.equal(logits_of(off, saved["inputs"]), saved["stock_logits"])
 
 
 def test_patch_transformers_uses_the_saved_config(saved):
