@@ -311,7 +311,7 @@ def test_profile_uses_the_saved_config_and_takes_the_whole_grammar(folders, tmp_
 def test_demo_takes_the_grammar(monkeypatch, capsys):
     from longctx_adapter.demo import trained
 
-    monkeypatch.setattr(trained, "_in_fresh_process", lambda *args: trained._measure(*args))
+    monkeypatch.setattr(trained, "run_each", lambda function, runs: [function(*args) for _, args in runs])  # in process
     rows = trained.run_trained_demo(frames=8, questions=1, config="progressive:2,4,4+yarn-visual@32")
     stock, adapted = rows
     assert adapted["visual_tokens_after"] == count_tokens(8, 7, 7, {"type": "progressive", "strides": [2, 4]}) + 1
