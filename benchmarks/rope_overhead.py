@@ -47,9 +47,9 @@ def _hook_cost(model, handle, inputs, token) -> float:
     x = torch.zeros(1, length, model.config.text_config.hidden_size)
     positions = torch.arange(length)[None]
     plan = handle.rope.plan_for(inputs["input_ids"], token)
-    handle.rope._local.current = (plan, 0)
+    handle.calls.rope_step = (plan, 0)
     hooked = _time(lambda: rotary(x, positions), repeat=20)
-    handle.rope._local.current = (None, 0)
+    handle.calls.rope_step = (None, 0)
     plain = _time(lambda: rotary(x, positions), repeat=20)
     return hooked - plain
 

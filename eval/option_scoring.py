@@ -22,6 +22,7 @@ import torch
 from longctx_adapter.eval.items import LETTERS
 
 from longctx_adapter.errors import AdapterError
+from longctx_adapter.registry import MODEL_TYPE_TO_PATCH, family_for
 
 __all__ = ["continuation_ids", "generate_answer", "match_option", "option_logprobs", "score_options"]
 
@@ -88,21 +89,18 @@ def _token_scores(logits: torch.Tensor, ids: Sequence[int]) -> dict:
     }
 
 
-def _mrope_positions(model, inputs: dict, count: int, device):
-    """Qwen-VL: the M-RoPE ids of `count` text tokens appended to the prompt, as one forward on the whole text
-    gives them (they depend on the tokens' type, not their ids, so one call serves every option).
-
-    Stock transformers 5.x decodes from the prompt's largest id + 1, which is not where its own rule puts text
-    after a long video, so the cached path takes the ids from get_rope_index on the extended prompt. None elsewhere
-    (1-D RoPE follows the cache length).
-    """
-    rope_index = getattr(getattr(model, "model", None), "get_rope_index", None)
-    if rope_index is None or inputs.get("mm_token_type_ids") is None or count == 0:
+def _appended_positions(model, inputs: dict, count: int, device):
+    """The position ids of `count` text tokens appended to the prompt, as one forward on the whole text gives them
+    (they depend on the tokens' type, not their ids, so one call serves every option), from the family's
+    `rope_positions` (Qwen-VL's M-RoPE: stock 5.x decodes from the prompt's largest id + 1, which is not where its
+    own rule puts text after a long video). None where positions follow the cache length (1-D RoPE)."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    family = family_for(model_type) if model_type in MODEL_TYPE_TO_PATCH else None
+    if family is None or family.rope_positions is None or count == 0:
         return None
     extended = _extend(inputs, [int(inputs["input_ids"][0, -1])] * count, device)
-    keys = ("mm_token_type_ids", "attention_mask", "image_grid_thw", "video_grid_thw", "second_per_grid_ts")
-    positions, _ = rope_index(extended["input_ids"], **{k: extended[k] for k in keys if extended.get(k) is not None})
-    return positions[..., -count:]
+    positions = family.rope_positions(model, extended)
+    return None if positions is None else positions[..., -count:]
 
 
 def _shared_prompt_logprobs(model, inputs: dict, continuations: Sequence[Sequence[int]]) -> list[dict]:
@@ -112,7 +110,7 @@ def _shared_prompt_logprobs(model, inputs: dict, continuations: Sequence[Sequenc
     prompt = cache.get_seq_length()
     device = inputs["input_ids"].device
     longest = max((len(ids) for ids in continuations), default=1) - 1
-    positions = _mrope_positions(model, inputs, longest, device)  # the longest option's; shorter ones take a prefix
+    positions = _appended_positions(model, inputs, longest, device)  # the longest option's; shorter ones take a prefix
     results = []
     for ids in continuations:
         ids = list(ids)

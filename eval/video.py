@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from longctx_adapter.errors import AdapterError
+from longctx_adapter.registry import family_for
 
 __all__ = [
     "BACKENDS",
@@ -49,9 +50,6 @@ __all__ = [
 ]
 
 BACKENDS = ("pyav", "decord", "torchcodec")
-#: model types that take a video as a list of images (one image placeholder run per frame)
-FRAMES_AS_IMAGES = ("llava", "llava_next")
-QWEN_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 
 
 class VideoDecodeError(AdapterError):
@@ -351,11 +349,14 @@ def build_prompt(
 ) -> str:
     """The prompt text with the video's placeholder(s), rendered by the model's chat template.
 
-    The message is one user turn: the video (one ``image`` part per frame for llava / llava_next, one ``video``
-    part otherwise) then the question; the template adds the generation prompt. Template order: ``chat_template``,
-    the processor's, its tokenizer's; with none, ``"USER: <placeholders>\\n{question} ASSISTANT:"``.
+    The message is one user turn: the video (one ``image`` part per frame for families that take frames as images,
+    llava / llava_next, one ``video`` part otherwise) then the question; the template adds the generation prompt.
+    Template order: ``chat_template``, the processor's, its tokenizer's; with none,
+    ``"USER: <placeholders>\\n{question} ASSISTANT:"`` with the family's placeholder text.
     """
-    parts = [{"type": "image"}] * num_frames if model_type in FRAMES_AS_IMAGES else [{"type": "video"}]
+    family = family_for(model_type)
+    as_images = family.modality == "image"
+    parts = [{"type": "image"}] * num_frames if as_images else [{"type": "video"}]
     messages = [{"role": "user", "content": [*parts, {"type": "text", "text": question}]}]
     if system:
         messages.insert(0, {"role": "system", "content": [{"type": "text", "text": system}]})
@@ -373,12 +374,7 @@ def build_prompt(
             **_special_tokens(tokenizer),
         )
         return rendered[0]
-    if model_type in FRAMES_AS_IMAGES:
-        holder = "<image>" * num_frames
-    elif model_type in QWEN_TYPES:
-        holder = "<|vision_start|><|video_pad|><|vision_end|>"
-    else:
-        holder = "<video>"
+    holder = family.prompt_placeholder * (num_frames if as_images else 1)
     prefix = f"{system}\n" if system else ""
     return f"{prefix}USER: {holder}\n{question} ASSISTANT:"
 
@@ -424,30 +420,13 @@ def video_inputs(
         raise AdapterError("video_inputs needs model_type= (or model=) to lay out the placeholders")
     num = int(frames.shape[0])
     prompt = build_prompt(question, model_type, num, processor=processor, chat_template=chat_template, system=system)
-    if model_type in FRAMES_AS_IMAGES:
+    family = family_for(model_type)
+    if family.modality == "image":
         out = processor(text=[prompt], images=[list(frames)], return_tensors="pt")
-    elif model_type in QWEN_TYPES:
-        out = processor(text=[prompt], videos=[frames], return_tensors="pt", **_qwen_video_kwargs(
-            model_type, num, timestamps, fps))
     else:
-        out = processor(text=[prompt], videos=[frames], return_tensors="pt")
+        extra = family.processor_kwargs(num, timestamps, fps) if family.processor_kwargs is not None else {}
+        out = processor(text=[prompt], videos=[frames], return_tensors="pt", **extra)
     return (out, prompt) if return_prompt else out
-
-
-def _qwen_video_kwargs(model_type, num, timestamps, fps) -> dict:
-    """Sampling rate of the frames as given (what Qwen's temporal ids and Qwen3's timestamp text use)."""
-    kwargs: dict = {"do_sample_frames": False}
-    if timestamps is not None and len(timestamps) > 1:
-        span = float(timestamps[-1] - timestamps[0])
-        sampled_fps = (len(timestamps) - 1) / span if span > 0 else (fps or 1.0)
-    else:
-        sampled_fps = fps or 1.0
-    # The frames given are the whole "video" the processor sees: its metadata says they were taken at sampled_fps
-    # (Qwen2.5-VL's second_per_grid_ts = temporal_patch_size / fps, Qwen3-VL's "<t seconds>" text come from it).
-    from transformers.video_utils import VideoMetadata
-
-    kwargs["video_metadata"] = [VideoMetadata(total_num_frames=num, fps=sampled_fps, frames_indices=list(range(num)))]
-    return kwargs
 
 
 def load_processor(path_or_model):

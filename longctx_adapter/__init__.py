@@ -4,7 +4,8 @@
     ...
     handle.remove()                 # bit-exactly the stock model again
 
-Layers, lowest first (an import only points down): `ops` (pure tensor math, no transformers), `config`,
+Layers, lowest first (an import only points down): `ops` (pure tensor math, no transformers), the model
+families (`family`, `registry`, `shadow` and `patches`: one file per family, torch only at import), `config`,
 `hooks` (the call path on a transformers model; checks the transformers version when imported), `api`,
 then `profiling`, `demo`, `cli`. `testing` holds the tiny model factories for tests, demos and benchmarks.
 The public names below load lazily, so `import longctx_adapter.ops` never imports transformers.

@@ -2,127 +2,28 @@
 
 from __future__ import annotations
 
-import threading
-import weakref
 from collections.abc import Mapping
 
 from longctx_adapter.compat import check_transformers_version
 from longctx_adapter.config import AdapterConfig, known_visual_window
 from longctx_adapter.errors import AdapterError
-from longctx_adapter.hooks.call_path import wrap_forward, wrap_generate
+from longctx_adapter.hooks.handle import AdapterHandle, handle_of
 from longctx_adapter.hooks.question import build_guidance
-from longctx_adapter.hooks.registry import family_for, supported_models
-from longctx_adapter.hooks.rotary import RopeBase, RopeHooks
+from longctx_adapter.hooks.rotary import RopeBase
 from longctx_adapter.ops.pooling import check_frame_grid
-from longctx_adapter.saving import find_saved_config, read_adapter_config, wrap_save_pretrained
+from longctx_adapter.registry import family_for, supported_models
+from longctx_adapter.saving import find_saved_config, read_adapter_config
 
-_HANDLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_HANDLES_LOCK = threading.Lock()
-
-
-class AdapterHandle:
-    """Everything apply_adapter installed on one model instance; `remove()` takes all of it off again."""
-
-    def __init__(self, model, family, config: AdapterConfig):
-        self.model = model
-        self.family = family
-        self.config = config
-        self._stats = threading.local()
-        self._patched: list[tuple[object, str, bool, object]] = []
-        self.rope: RopeHooks | None = None
-        self.family_state = None  # owned by the family patch (e.g. Qwen's precomputed M-RoPE ids)
-        self.guidance = None  # question.Guidance for question-guided pooling stages (set by apply_adapter)
-        self.continuations = weakref.WeakKeyDictionary()  # cache -> how it maps to the caller's sequences
-        self._removed = False
-
-    # --- results of the last call --------------------------------------------------------------
-    @property
-    def last_stats(self) -> list[dict]:
-        """Per video of the last adapted call (this thread): frames, tokens before/after pooling, RoPE factor."""
-        return getattr(self._stats, "value", [])
-
-    @property
-    def last_attention_mask(self):
-        """The attention mask of the last adapted call's rewritten sequence (for manual decode loops)."""
-        return getattr(self._stats, "attention_mask", None)
-
-    def _enter(self) -> None:
-        self._stats.depth = getattr(self._stats, "depth", 0) + 1
-
-    def _exit(self) -> None:
-        self._stats.depth -= 1
-
-    def _inside(self) -> bool:
-        """True inside an adapted call on this thread (nested forwards of generate pass straight through)."""
-        return getattr(self._stats, "depth", 0) > 0
-
-    def _record(self, prepared, plan) -> None:
-        """Remember what the adapter did on this call (only calls with visual input count)."""
-        if prepared is not None:
-            self._stats.value = prepared.stats
-            self._stats.attention_mask = prepared.rewritten.attention_mask
-        elif plan is not None:
-            self._stats.value = [
-                {
-                    "row": row,
-                    "frames": None,
-                    "frames_after": None,
-                    "grid": None,
-                    "tokens_before": int(n),
-                    "tokens_after": int(n),
-                    "pooled": False,
-                    "rope_factor": plan.factors[row],
-                }
-                for row, n in enumerate(plan.visual.sum(dim=1).tolist())
-                if n
-            ]
-            self._stats.attention_mask = None
-
-    # --- install / remove ----------------------------------------------------------------------
-    def _patch_attr(self, obj, name: str, value) -> None:
-        had_own = name in obj.__dict__
-        self._patched.append((obj, name, had_own, obj.__dict__.get(name)))
-        setattr(obj, name, value)
-
-    def _install(self) -> None:
-        model = self.model
-        if self.config.rope is not None:
-            decoder = model.model.language_model
-            base = RopeBase.from_text_config(model.config.text_config)
-            self.rope = RopeHooks(self.config.rope, base, decoder, decoder.rotary_emb)
-        if self.family.install is not None:
-            self.family.install(self)
-        self._patch_attr(model, "forward", wrap_forward(self, model.forward))
-        self._patch_attr(model, "generate", wrap_generate(self, model.generate))
-        self._patch_attr(model, "save_pretrained", wrap_save_pretrained(self, model.save_pretrained))
-
-    def remove(self) -> None:
-        """Restore the stock model bit-exactly (instance attributes and hooks); idempotent."""
-        if self._removed:
-            return
-        if self.rope is not None:
-            self.rope.remove()
-            self.rope = None
-        for obj, name, had_own, previous in reversed(self._patched):
-            if had_own:
-                setattr(obj, name, previous)
-            else:
-                delattr(obj, name)
-        self._patched.clear()
-        with _HANDLES_LOCK:
-            if _HANDLES.get(self.model) is self:
-                del _HANDLES[self.model]
-        self._removed = True
-
-    def __enter__(self) -> AdapterHandle:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.remove()
-
-    def __repr__(self) -> str:
-        state = "removed" if self._removed else "active"
-        return f"AdapterHandle({type(self.model).__name__}, {state}, config={self.config.to_dict()})"
+__all__ = [
+    "AdapterHandle",
+    "apply_adapter",
+    "from_pretrained",
+    "get_adapter",
+    "patch_transformers",
+    "remove_adapter",
+    "supported_models",
+    "unpatch_transformers",
+]
 
 
 def _resolve_config(model_type: str, config, overrides: Mapping) -> AdapterConfig:
@@ -193,7 +94,7 @@ def apply_adapter(
     model_config = getattr(model, "config", None)
     model_type = getattr(model_config, "model_type", None)
     family = family_for(model_type)
-    if model in _HANDLES:
+    if handle_of(model) is not None:
         raise AdapterError(
             "this model already has an adapter applied; call handle.remove() (or remove_adapter(model)) "
             "before applying another config"
@@ -204,30 +105,21 @@ def apply_adapter(
     if resolved.rope is not None:
         RopeBase.from_text_config(model.config.text_config)  # refuse incompatible model RoPE before installing
     guidance = build_guidance(model, family, resolved, scorer, tokenizer)  # refuses a missing/unfit scorer
-    with _HANDLES_LOCK:
-        if model in _HANDLES:
-            raise AdapterError("this model already has an adapter applied (by another thread); remove it first")
-        handle = AdapterHandle(model, family, resolved)
-        handle.guidance = guidance
-        _HANDLES[model] = handle
-    try:
-        handle._install()
-    except BaseException:
-        handle.remove()
-        raise
+    handle = AdapterHandle(model, family, resolved, guidance)
+    handle.install()  # refuses a model another thread adapted meanwhile; removes what it installed on failure
     return handle
 
 
 def remove_adapter(model) -> None:
     """Remove whatever adapter is on `model` (no-op when none is)."""
-    handle = _HANDLES.get(model)
+    handle = handle_of(model)
     if handle is not None:
         handle.remove()
 
 
 def get_adapter(model) -> AdapterHandle | None:
     """The active handle of a model, or None."""
-    return _HANDLES.get(model)
+    return handle_of(model)
 
 
 # --- load-time patching ------------------------------------------------------------------------
@@ -261,8 +153,8 @@ def from_pretrained(
     family_for(hf_config.model_type)  # refuse unsupported models before loading weights
     _resolve_config(hf_config.model_type, adapter, {})
     model = AutoModelForImageTextToText.from_pretrained(name_or_path, **hf_kwargs)
-    if model in _HANDLES:  # patch_transformers already adapted it
-        _HANDLES[model].remove()
+    if handle_of(model) is not None:  # patch_transformers already adapted it
+        handle_of(model).remove()
     apply_adapter(model, adapter, scorer=scorer, tokenizer=tokenizer)
     return model
 
@@ -290,7 +182,7 @@ def patch_transformers(config: AdapterConfig | Mapping | str | None = None, *, s
 def _adapting_loader(inner, config, scorer=None, tokenizer=None):
     def from_pretrained(klass, *args, **kwargs):
         model = inner(klass, *args, **kwargs)
-        if model not in _HANDLES:
+        if handle_of(model) is None:
             saved = config if config is not None else _saved_config(args, kwargs)
             apply_adapter(model, saved, scorer=scorer, tokenizer=tokenizer)
         return model

@@ -7,30 +7,13 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from types import MappingProxyType
-from typing import Any
 
 from longctx_adapter.errors import AdapterError
 from longctx_adapter.ops.pooling import normalize_pooling
 from longctx_adapter.ops.rope import ROPE_TYPES, inv_freq_for
+from longctx_adapter.registry import MODEL_TYPE_TO_PATCH, family_for, supported_models
 
 _ROPE_KEYS = ("type", "visual_window", "scope", "alpha", "beta", "attention_factor", "factor", "mrope_axes")
-
-# The paper's progressive defaults (group 4, strides 2 then 8) expressed on each family's own grid.
-_PROGRESSIVE_27 = {"type": "progressive", "group": 4, "strides": [2, 8], "mode": "bilinear"}
-_PRESETS: dict[str, dict[str, Any]] = {
-    # OneVision pools the 27x27 SigLIP grid in place of its built-in bilinear 2x: stride 2 = stock resolution.
-    # Visual window: 32 frames x 196 tokens = 6,272 (derived from the paper's Fig. 2 ramp boundaries).
-    "llava_onevision": {"pooling": _PROGRESSIVE_27, "rope": {"type": "yarn", "visual_window": 6272, "scope": "all"}},
-    # LLaVA-1.5 / LLaVA-NeXT (base tile): 24x24 CLIP grid; stride 2 -> 144 tokens, stride 8 -> 9 tokens.
-    "llava": {"pooling": _PROGRESSIVE_27},
-    "llava_next": {"pooling": _PROGRESSIVE_27},
-    # LLaVA-NeXT-Video already pools 2x (24x24 -> 12x12) before its projector: halve the strides.
-    "llava_next_video": {"pooling": {"type": "progressive", "group": 4, "strides": [1, 4], "mode": "bilinear"}},
-    # Qwen-VL tokens are already 2x2-merged patches: stride 1 keeps the stock resolution on the key frame.
-    "qwen2_vl": {"pooling": {"type": "progressive", "group": 4, "strides": [1, 4], "mode": "bilinear"}},
-    "qwen2_5_vl": {"pooling": {"type": "progressive", "group": 4, "strides": [1, 4], "mode": "bilinear"}},
-    "qwen3_vl": {"pooling": {"type": "progressive", "group": 4, "strides": [1, 4], "mode": "bilinear"}},
-}
 
 
 def _freeze(value):
@@ -125,11 +108,11 @@ class AdapterConfig:
 
     @classmethod
     def preset(cls, model_type: str) -> AdapterConfig:
-        """The family default: the paper's progressive pooling on the family's grid, plus visual YaRN where the
-        model's visual training window is known."""
-        if model_type not in _PRESETS:
-            raise AdapterError(f"no preset for model_type {model_type!r}; presets exist for {sorted(_PRESETS)}")
-        return cls.from_dict(_PRESETS[model_type])
+        """The family default (declared in its patch module): the paper's progressive pooling on the family's grid,
+        plus visual YaRN where the model's visual training window is known."""
+        if model_type not in MODEL_TYPE_TO_PATCH:
+            raise AdapterError(f"no preset for model_type {model_type!r}; presets exist for {supported_models()}")
+        return cls.from_dict(family_for(model_type).preset)
 
 
 def _check_memory_options(config: AdapterConfig) -> None:
@@ -185,7 +168,9 @@ def _normalize_rope(rope) -> dict | None:
     return spec
 
 
-def known_visual_window(model_type: str) -> int | None:
-    """The visual training window a preset knows for this model type, if any."""
-    rope = _PRESETS.get(model_type, {}).get("rope") or {}
+def known_visual_window(model_type: str | None) -> int | None:
+    """The visual training window a family's preset knows for this model type, if any."""
+    if model_type not in MODEL_TYPE_TO_PATCH:
+        return None
+    rope = family_for(model_type).preset.get("rope") or {}
     return rope.get("visual_window")

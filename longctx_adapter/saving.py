@@ -19,7 +19,7 @@ import os
 from longctx_adapter.config import AdapterConfig
 from longctx_adapter.config_text import ADAPTER_CONFIG_NAME
 from longctx_adapter.errors import AdapterError
-from longctx_adapter.hooks.family import swapped
+from longctx_adapter.shadow import shadowed
 
 _HUB_KEYS = ("revision", "cache_dir", "local_files_only", "token", "subfolder")
 
@@ -86,7 +86,7 @@ def wrap_save_pretrained(handle, original):
             write_adapter_config(directory, handle.config)
             return upload(*a, **kw)
 
-        with swapped(handle.model, "_upload_modified_files", write_then_upload):
+        with shadowed(handle.model, "_upload_modified_files", write_then_upload):
             result = original(*args, **kwargs)
         write_adapter_config(directory, handle.config)
         return result

@@ -1,4 +1,4 @@
-"""Small helpers shared by the LLaVA-family patches."""
+"""Helpers shared by the LLaVA-family patches: grids, segments, frames for the scorer, chunking, hand-built inputs."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import torch
 
 from longctx_adapter.errors import AdapterError
-from longctx_adapter.hooks.family import Segment
+from longctx_adapter.family import Segment
 
 
 def tower_grid(config) -> tuple[int, int]:
@@ -80,3 +80,52 @@ def image_run_segments(
             "feed input_ids and pixels from the same processor call"
         )
     return segments
+
+
+# --- the frames the question scorer sees: (pixels (n, 3, h, w), rows of the vision tower's batch) per segment
+
+
+def image_frames(frames: torch.Tensor, tower_rows: torch.Tensor, segments) -> list[tuple]:
+    """Frames given as images, one per image placeholder run member (a stock single image counts one)."""
+    out, cursor = [], 0
+    for seg in segments:
+        count = seg.frames if seg.grid is not None else 1
+        out.append((frames[cursor : cursor + count], tower_rows[cursor : cursor + count]))
+        cursor += count
+    return out
+
+
+def single_images(model, encoder_kwargs, segments) -> list[tuple]:
+    pixels = encoder_kwargs["pixel_values"]
+    return image_frames(pixels, torch.arange(pixels.shape[0]), segments)
+
+
+def video_frames(model, encoder_kwargs, segments) -> list[tuple]:
+    """(B, T, C, H, W) video pixels: each video's frames, and its rows of the tower's (B * T) batch."""
+    videos = encoder_kwargs["pixel_values_videos"]
+    batch, frames = videos.shape[:2]
+    return [(videos[b], torch.arange(b * frames, (b + 1) * frames)) for b in range(batch)][: len(segments)]
+
+
+# --- chunked encoding
+
+
+def split_frame_axis(encoder_kwargs, bounds):
+    """(B, T, C, H, W) video pixels, a chunk of frames of every video at a time."""
+    pixels = encoder_kwargs["pixel_values_videos"]
+    videos = tuple(range(pixels.shape[0]))
+    for start, stop in bounds(pixels.shape[1]):
+        # a copy of one chunk only when the batch has several videos
+        yield videos, {"pixel_values_videos": pixels[:, start:stop].contiguous()}
+
+
+# --- hand-built inputs (profiling)
+
+
+def video_run_inputs(config, frames, frame_size, words, text_before, text_after, generator, dtype, *, stock_tokens):
+    """One video as one run of video placeholders, pixels (1, T, 3, S, S) at the tower's input size."""
+    run = torch.full((stock_tokens(config, frames),), config.video_token_id)
+    ids = torch.cat([words(text_before), run, words(text_after)])[None]
+    side = config.vision_config.image_size
+    pixels = torch.randn((1, frames, 3, side, side), generator=generator, dtype=torch.float32).to(dtype)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values_videos": pixels}

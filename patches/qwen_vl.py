@@ -20,20 +20,28 @@
   re-rendered, so a merged frame reads as its window's start time. Pooled tokens sit at the kept block's
   start (t) plus their window centre (h, w), as Qwen3-VL places an unpooled frame. DeepStack features are
   pooled exactly like the main features.
+- Pixels arrive patchified: (sum t*h*w, C*tp*p*p) rows with `video_grid_thw` in pre-merge patch units; chunked
+  encoding splits those rows per video, a chunk of temporal patches at a time; the question scorer sees the
+  frames rebuilt from the rows (both frames of each temporal patch).
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
-import threading
+from dataclasses import dataclass
 
 import torch
 
 from longctx_adapter.errors import AdapterError
-from longctx_adapter.hooks.family import Segment, make_family
+from longctx_adapter.family import HALF, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, EncoderCost, Segment, make_family
 from longctx_adapter.ops.positions import mrope_positions
 
-_MERGE_ATTR = "spatial_merge_size"
+# Qwen-VL tokens are already 2x2-merged patches: stride 1 keeps the stock resolution on the key frame.
+PRESET = {"pooling": {"type": "progressive", "group": 4, "strides": [1, 4], "mode": "bilinear"}}
+#: frames are resized to this (height, width) when a caller gives no size (the processor picks one from
+#: min/max pixels; 448x448 gives 16x16 merged tokens per temporal patch at patch 14)
+FRAME_SIZE = (448, 448)
 
 
 def frame_grid(config):
@@ -42,18 +50,19 @@ def frame_grid(config):
 
 
 def _merge(model) -> int:
-    return getattr(model.config.vision_config, _MERGE_ATTR)
+    return model.config.vision_config.spatial_merge_size
 
 
-def _blocks_per_frame(model) -> bool:
-    return model.config.model_type == "qwen3_vl"
-
-
-def encode(model, encoder_kwargs, run_lengths, adapter_config):
-    inner = model.model
+def _check_grids(encoder_kwargs) -> torch.Tensor:
     grids = encoder_kwargs.get("video_grid_thw")
     if grids is None:
         raise AdapterError("Qwen-VL videos need video_grid_thw (the processor returns it); pass it with the pixels")
+    return grids
+
+
+def encode(model, encoder_kwargs, run_lengths, adapter_config, *, blocks_per_frame: bool):
+    inner = model.model
+    grids = _check_grids(encoder_kwargs)
     pixels = encoder_kwargs["pixel_values_videos"]
     patches = int(grids.prod(-1).sum())
     if grids.dim() != 2 or grids.shape[-1] != 3 or patches != pixels.shape[0]:
@@ -65,7 +74,6 @@ def encode(model, encoder_kwargs, run_lengths, adapter_config):
     if bool((grids[:, 1:] % merge).any()):
         raise AdapterError(f"video_grid_thw {grids.tolist()} has h or w not divisible by the merge size {merge}")
     output = inner.get_video_features(pixels, grids, return_dict=True)
-    per_block = _blocks_per_frame(model)
     deepstack = getattr(output, "deepstack_features", None) or []
     segments = []
     for v, (feats, (t, h, w)) in enumerate(zip(output.pooler_output, grids.tolist())):
@@ -75,7 +83,7 @@ def encode(model, encoder_kwargs, run_lengths, adapter_config):
             Segment(
                 stock_tokens=feats.shape[0],
                 grid=feats.reshape(shape),
-                runs=t if per_block else 1,
+                runs=t if blocks_per_frame else 1,
                 side_grids=side,
             )
         )
@@ -128,29 +136,41 @@ def pack(template, features, side_features=()):
     return template
 
 
-class _Positions(threading.local):
-    ids: torch.Tensor | None = None
-    positions: torch.Tensor | None = None
-    deltas: torch.Tensor | None = None
+# ------------------------------------------------------------------------------------------------ positions
 
 
-def install(handle) -> None:
+@dataclass(frozen=True)
+class Installed:
+    """The family's state on one handle: the stock get_rope_index the wrapper stands in front of."""
+
+    stock_rope_index: object
+
+
+@dataclass(frozen=True)
+class CallPositions:
+    """The M-RoPE ids of one adapted call, computed in finish() and answered by the wrapped get_rope_index."""
+
+    ids: torch.Tensor  # the rewritten input_ids they belong to
+    positions: torch.Tensor  # (3, B, L)
+    deltas: torch.Tensor  # (B, 1)
+
+
+def install(handle) -> Installed:
     """Wrap get_rope_index on this instance so adapted calls get the adapter's ids (see module docstring)."""
     inner = handle.model.model
     original = inner.get_rope_index
     signature = inspect.signature(original)
-    state = _Positions()
-    handle.family_state = state
     convention = bool(handle.config.pooling) or handle.config.rope is not None  # all off: stock, bit for bit
 
     def get_rope_index(input_ids, *args, **kwargs):
-        ids = state.ids
-        if ids is not None and input_ids is not None:
+        current = handle.calls.family
+        if current is not None and input_ids is not None:
+            ids = current.ids
             if input_ids.shape == ids.shape and torch.equal(input_ids.to(ids.device), ids):
-                return state.positions.clone(), state.deltas.clone()
+                return current.positions.clone(), current.deltas.clone()
             rows = input_ids.shape[0] // max(1, ids.shape[0])
             if rows > 1 and torch.equal(input_ids, ids.repeat_interleave(rows, dim=0)):  # beams / num_return
-                return state.positions.repeat_interleave(rows, dim=1), state.deltas.repeat_interleave(rows, dim=0)
+                return current.positions.repeat_interleave(rows, dim=1), current.deltas.repeat_interleave(rows, dim=0)
         if not convention or input_ids is None:
             return original(input_ids, *args, **kwargs)
         call = dict(signature.bind(input_ids, *args, **kwargs).arguments)
@@ -160,8 +180,8 @@ def install(handle) -> None:
         positions, next_text = _stock_ids_and_next_text_id(original, call)
         return positions, (next_text - _live(call["input_ids"], call.get("attention_mask")))[:, None]
 
-    handle._patch_attr(inner, "get_rope_index", get_rope_index)
-    handle.original_get_rope_index = original
+    handle.shadow(inner, "get_rope_index", get_rope_index)
+    return Installed(original)
 
 
 def _live(input_ids, mask) -> torch.Tensor:
@@ -197,7 +217,10 @@ def _pooled_grids(pooled_videos, merge: int) -> list[list[int]]:
     return grids
 
 
-def finish(handle, ctx) -> None:
+_GRID_KEYS = ("image_grid_thw", "video_grid_thw", "second_per_grid_ts")
+
+
+def finish(handle, ctx) -> CallPositions:
     """Rewrite video_grid_thw and precompute the M-RoPE ids of the adapted sequence."""
     model = handle.model
     model.model.rope_deltas = None  # never reuse another call's deltas
@@ -209,16 +232,13 @@ def finish(handle, ctx) -> None:
     if call.get("mm_token_type_ids") is None:
         raise AdapterError("Qwen-VL needs mm_token_type_ids (the processor returns it); pass it with input_ids")
 
-    stock_kwargs = {
-        k: call[k] for k in ("image_grid_thw", "video_grid_thw", "second_per_grid_ts") if call.get(k) is not None
-    }
     stock, next_text = _stock_ids_and_next_text_id(
-        handle.original_get_rope_index,
+        handle.family_state.stock_rope_index,
         {
             "input_ids": call["input_ids"],
             "mm_token_type_ids": call["mm_token_type_ids"],
             "attention_mask": call.get("attention_mask"),
-            **stock_kwargs,
+            **{k: call[k] for k in _GRID_KEYS if call.get(k) is not None},
         },
     )
     index = rewritten.new_to_caller
@@ -245,27 +265,27 @@ def finish(handle, ctx) -> None:
 
     ids = new_call["input_ids"]
     live = _live(ids, new_call.get("attention_mask"))
-    state = handle.family_state
-    state.ids = ids
-    state.positions = positions.long() if bool(torch.equal(positions, positions.round())) else positions.float()
-    # decode step k of row b (live index live_b + k) gets next_text_b + k: the stock rule's id for text at that place
-    state.deltas = (next_text - live.to(next_text.device))[:, None]
+    return CallPositions(
+        ids=ids,
+        positions=positions.long() if bool(torch.equal(positions, positions.round())) else positions.float(),
+        # decode step k of row b (live index live_b + k) gets next_text_b + k: the stock rule's id for text there
+        deltas=(next_text - live.to(next_text.device))[:, None],
+    )
 
 
 def visual_extent(handle, prepared, call) -> list[float]:
     """Temporal span of each row's video tokens in M-RoPE positions (after pooling): the RoPE factor's numerator."""
     model = handle.model
     if prepared is not None:
-        positions, input_ids = handle.family_state.positions, prepared.call["input_ids"]
+        positions, input_ids = prepared.family.positions, prepared.call["input_ids"]
     else:
         if call.get("mm_token_type_ids") is None or call.get("input_ids") is None or call.get("video_grid_thw") is None:
             return [0.0] * (0 if call.get("input_ids") is None else call["input_ids"].shape[0])
-        keys = ("image_grid_thw", "video_grid_thw", "second_per_grid_ts")
-        positions, _ = handle.original_get_rope_index(
+        positions, _ = handle.family_state.stock_rope_index(
             call["input_ids"],
             mm_token_type_ids=call["mm_token_type_ids"],
             attention_mask=call.get("attention_mask"),
-            **{k: call[k] for k in keys if call.get(k) is not None},
+            **{k: call[k] for k in _GRID_KEYS if call.get(k) is not None},
         )
         input_ids = call["input_ids"]
     visual = input_ids == model.config.video_token_id
@@ -276,23 +296,199 @@ def visual_extent(handle, prepared, call) -> list[float]:
     return spans
 
 
-def release(handle) -> None:
-    state = handle.family_state
-    state.ids = state.positions = state.deltas = None
+def rope_positions(model, inputs: dict):
+    """The M-RoPE ids (3, B, L) the model's get_rope_index gives a whole input (eval's option scoring continues a
+    cached prompt with them: stock 5.x decoding starts from the prompt's largest id + 1, not where its own rule
+    puts text after a long video). None without mm_token_type_ids."""
+    if inputs.get("mm_token_type_ids") is None:
+        return None
+    keys = ("mm_token_type_ids", "attention_mask", *_GRID_KEYS)
+    positions, _ = model.model.get_rope_index(
+        inputs["input_ids"], **{k: inputs[k] for k in keys if inputs.get(k) is not None}
+    )
+    return positions
 
 
-def _family(model_type: str):
+# ------------------------------------------------------------------------------------------------ chunks, scorer
+
+
+def temporal_patch(config) -> int:
+    return config.vision_config.temporal_patch_size
+
+
+def split_video(encoder_kwargs, bounds):
+    """Each video's patch rows, a chunk of temporal patches at a time, with its own one-row video_grid_thw."""
+    grids = _check_grids(encoder_kwargs)
+    pixels = encoder_kwargs["pixel_values_videos"]
+    row = 0
+    for video, (t, h, w) in enumerate(grids.tolist()):
+        for start, stop in bounds(t):
+            rows = pixels[row + start * h * w : row + stop * h * w]
+            grid = torch.tensor([[stop - start, h, w]], dtype=grids.dtype, device=grids.device)
+            yield (video,), {"pixel_values_videos": rows, "video_grid_thw": grid}
+        row += t * h * w
+
+
+def scorer_frames(model, encoder_kwargs, segments):
+    """Undo the processor's patchification: (t*h*w, C*tp*p*p) rows -> (t*tp, C, h*p, w*p) frames per video."""
+    vision = model.config.vision_config
+    merge, tp = vision.spatial_merge_size, vision.temporal_patch_size
+    patch = vision.patch_size
+    channels = getattr(vision, "in_channels", getattr(vision, "in_chans", 3))
+    pixels, grids = encoder_kwargs["pixel_values_videos"], encoder_kwargs["video_grid_thw"]
+    out, row = [], 0
+    for t, h, w in grids.tolist():
+        rows = pixels[row : row + t * h * w]
+        row += t * h * w
+        x = rows.reshape(t, h // merge, w // merge, merge, merge, channels, tp, patch, patch)
+        x = x.permute(0, 6, 5, 1, 3, 7, 2, 4, 8).reshape(t * tp, channels, h * patch, w * patch)
+        out.append((x, None))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ sizes
+
+
+def _patches(config, frame_size) -> tuple[int, int]:
+    """(h, w) in pre-merge patches of a frame of `frame_size` (height, width) pixels."""
+    patch = config.vision_config.patch_size
+    merge = config.vision_config.spatial_merge_size
+    height, width = frame_size
+    if height % (patch * merge) or width % (patch * merge):
+        raise AdapterError(
+            f"frame size {tuple(frame_size)} must be a multiple of patch x merge = {patch * merge} pixels"
+        )
+    return height // patch, width // patch
+
+
+def _temporal_patches(config, frames: int) -> int:
+    step = config.vision_config.temporal_patch_size
+    if frames % step:
+        raise AdapterError(f"Qwen-VL takes frames in groups of {step}; got {frames} frames")
+    return frames // step
+
+
+def video_grid(config, frames: int, frame_size=None) -> tuple[int, int, int]:
+    """The merged (t, h, w) grid of one video: what the adapter pools."""
+    if frame_size is None:
+        raise AdapterError("Qwen-VL inputs need a frame_size (height, width) in pixels")
+    t = _temporal_patches(config, frames)
+    h, w = _patches(config, frame_size)
+    merge = config.vision_config.spatial_merge_size
+    return t, h // merge, w // merge
+
+
+def stock_tokens(config, frames: int, frame_size=None) -> int:
+    t, h, w = video_grid(config, frames, frame_size)
+    return t * h * w
+
+
+def _marker_tokens(blocks: int) -> int:
+    return 2  # <|vision_start|> ... <|vision_end|>
+
+
+def _block_marker_tokens(blocks: int) -> int:
+    return 5 * blocks + 2  # per block: 3 timestamp tokens, start, end; plus the outer pair
+
+
+def _video_inputs(
+    config, frames, frame_size, words, text_before, text_after, generator, dtype, *, blocks_per_frame, seconds_per_grid
+):
+    frame_size = tuple(frame_size) if frame_size is not None else FRAME_SIZE
+    vision = config.vision_config
+    t = _temporal_patches(config, frames)
+    h, w = _patches(config, frame_size)
+    per_t = (h // vision.spatial_merge_size) * (w // vision.spatial_merge_size)
+    start, end, video = config.vision_start_token_id, config.vision_end_token_id, config.video_token_id
+    if blocks_per_frame:
+        block = []
+        for _ in range(t):
+            block += [words(3), torch.tensor([start]), torch.full((per_t,), video), torch.tensor([end])]
+        visual = torch.cat([torch.tensor([start]), *block, torch.tensor([end])])  # the processor's outer pair
+    else:
+        visual = torch.cat([torch.tensor([start]), torch.full((t * per_t,), video), torch.tensor([end])])
+    ids = torch.cat([words(text_before), visual, words(text_after)])[None]
+    patch_dim = vision.in_channels * vision.temporal_patch_size * vision.patch_size**2
+    pixels = torch.randn((t * h * w, patch_dim), generator=generator, dtype=torch.float32).to(dtype)
+    out = {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "mm_token_type_ids": (ids == video).to(torch.int32) * 2,
+        "pixel_values_videos": pixels,
+        "video_grid_thw": torch.tensor([[t, h, w]]),
+    }
+    if seconds_per_grid:
+        out["second_per_grid_ts"] = torch.tensor([1.0])
+    return out
+
+
+def processor_kwargs(frames: int, timestamps=None, fps=None) -> dict:
+    """Tell the processor the frames' sampling rate (Qwen2.5-VL's second_per_grid_ts = temporal_patch_size / fps
+    and Qwen3-VL's "<t seconds>" text come from it) and that the frames given are the whole video."""
+    from transformers.video_utils import VideoMetadata
+
+    if timestamps is not None and len(timestamps) > 1:
+        span = float(timestamps[-1] - timestamps[0])
+        sampled_fps = (len(timestamps) - 1) / span if span > 0 else (fps or 1.0)
+    else:
+        sampled_fps = fps or 1.0
+    metadata = VideoMetadata(total_num_frames=frames, fps=sampled_fps, frames_indices=list(range(frames)))
+    return {"do_sample_frames": False, "video_metadata": [metadata]}
+
+
+# ------------------------------------------------------------------------------------------------ the three types
+
+
+def _family(model_type: str, *, norm, mlp_width, blocks_per_frame=False, position_copy=False, seconds_per_grid=False):
     return make_family(
         model_type,
         "video",
         hooked=("get_rope_index", "visual"),
         frame_grid=frame_grid,
-        encode=encode,
+        encode=functools.partial(encode, blocks_per_frame=blocks_per_frame),
         pack=pack,
         token_tensors={"mm_token_type_ids": (0, 2)},
-        visual_extent=visual_extent,
         install=install,
         finish=finish,
-        release=release,
-        frame_blocks=frame_blocks if model_type == "qwen3_vl" else None,
+        visual_extent=visual_extent,
+        blocks_per_frame=blocks_per_frame,
+        frame_blocks=frame_blocks if blocks_per_frame else None,
+        preset=PRESET,
+        input_norm=norm,
+        scorer_frames=scorer_frames,
+        scorer_tower=None,  # the scorer never reuses Qwen's own vision pass
+        split_video=split_video,
+        temporal_patch=temporal_patch,
+        stock_tokens=stock_tokens,
+        video_grid=video_grid,
+        frame_size=FRAME_SIZE,
+        marker_tokens=_block_marker_tokens if blocks_per_frame else _marker_tokens,
+        cost=EncoderCost("patches", mlp_width=mlp_width, position_copy=position_copy),
+        video_inputs=functools.partial(
+            _video_inputs, blocks_per_frame=blocks_per_frame, seconds_per_grid=seconds_per_grid
+        ),
+        prompt_placeholder="<|vision_start|><|video_pad|><|vision_end|>",
+        processor_kwargs=processor_kwargs,
+        rope_positions=rope_positions,
     )
+
+
+CLIP_NORM = (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
+FAMILIES = (
+    # vision MLP activations alive per patch: fc1 + activation
+    _family(
+        "qwen2_vl",
+        norm=CLIP_NORM,
+        mlp_width=lambda v: 2 * (getattr(v, "embed_dim", None) or v.hidden_size) * v.mlp_ratio,
+    ),
+    # SwiGLU: act(gate), up and their product; temporal ids scale with second_per_grid_ts
+    _family("qwen2_5_vl", norm=CLIP_NORM, mlp_width=lambda v: 3 * v.intermediate_size, seconds_per_grid=True),
+    # one block per frame with its timestamp; interpolated position embeddings copied per call
+    _family(
+        "qwen3_vl",
+        norm=(HALF, HALF),
+        mlp_width=lambda v: 2 * v.intermediate_size,
+        blocks_per_frame=True,
+        position_copy=True,
+    ),
+)

@@ -92,7 +92,7 @@ def test_adapter_ids_equal_stock_get_rope_index_when_unpooled(model_type, model)
         assert ids.dtype == torch.long
         live = inputs["attention_mask"].bool()
         assert torch.equal(ids[:, live], stock[:, live])
-        assert handle.family_state.ids is None  # released after the call
+        assert handle.calls.family is None  # released after the call
     # rope_deltas (the forward-with-cache path) follow the text rule: here (short video) that is the stock value
     assert model.model.rope_deltas is not None and torch.equal(model.model.rope_deltas, deltas)
 
@@ -284,7 +284,7 @@ def test_decode_ids_follow_the_text_rule_and_no_state_leaks(model_type, model, c
         with DecoderInputs(model) as seen:
             out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
         manual = manual_step(out)
-    assert handle.family_state.ids is None and get_adapter(model) is None
+    assert handle.calls.family is None and get_adapter(model) is None
     for calls, tokens in ((seen.calls, out), (stock_seen.calls, stock_out)):
         decode = [c["position_ids"][-3:] for c in calls[1:]]  # t, h, w rows of the two decode steps
         assert len(decode) == 2

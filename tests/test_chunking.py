@@ -76,7 +76,7 @@ def test_frame_local_chunks_keep_only_pooled_tokens(llava_models):
     """Frame-local stages give ChunkedSegments (pooled per chunk, meta-device shape grid); others a concatenated grid."""
     model = llava_models["llava_onevision"]
     inputs = hand_inputs("llava_onevision", frames=8)
-    family = __import__("longctx_adapter.hooks.registry", fromlist=["family_for"]).family_for("llava_onevision")
+    family = __import__("longctx_adapter.registry", fromlist=["family_for"]).family_for("llava_onevision")
     kwargs = {"pixel_values_videos": inputs["pixel_values_videos"]}
     local = AdapterConfig(pooling={"type": "progressive", "group": 4, "strides": [2, 7]}, vision_chunk_frames=4)
     with torch.inference_mode():

@@ -19,7 +19,7 @@ from packaging.specifiers import SpecifierSet
 import longctx_adapter
 from longctx_adapter import AdapterError, apply_adapter, get_adapter, patch_transformers, unpatch_transformers
 from longctx_adapter.compat import SKIP_ENV, SUPPORTED_TRANSFORMERS, check_transformers_version, is_supported
-from longctx_adapter.hooks.registry import family_for
+from longctx_adapter.registry import family_for
 from longctx_adapter.testing.tiny import TINY_MODEL_TYPES, hand_inputs, tiny_model
 from longctx_adapter.testing.tiny_qwen import QWEN_TINY_TYPES, qwen_tiny_model
 

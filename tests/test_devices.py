@@ -218,7 +218,7 @@ def snapshot():
 
 import longctx_adapter
 from longctx_adapter import apply_adapter, supported_models
-from longctx_adapter.hooks.registry import family_for
+from longctx_adapter.registry import family_for
 for model_type in supported_models():
     family_for(model_type)  # imports every family patch
 report = {"import": snapshot()}

@@ -18,10 +18,13 @@ FOLDERS = {"longctx_adapter": ROOT / "longctx_adapter", "longctx_adapter.patches
 LAYERS = [
     ("errors", ["longctx_adapter.errors"]),
     ("ops", ["longctx_adapter.ops"]),
+    # model families: declarations, registry, patches (torch only at import; transformers inside functions)
+    ("families", ["longctx_adapter.family", "longctx_adapter.registry", "longctx_adapter.shadow",
+                  "longctx_adapter.patches"]),
     ("config", ["longctx_adapter.config", "longctx_adapter.config_text", "longctx_adapter.compat"]),
     # the vLLM plugin: runs beside vLLM's pinned transformers (< 5.20), so never above ops/config/errors
     ("serving", ["longctx_adapter.vllm_plugin"]),
-    ("hooks", ["longctx_adapter.hooks", "longctx_adapter.patches", "longctx_adapter.saving"]),
+    ("hooks", ["longctx_adapter.hooks", "longctx_adapter.saving"]),
     ("api", ["longctx_adapter.api", "longctx_adapter.__init__"]),
     ("testing", ["longctx_adapter.testing"]),
     ("tools", ["longctx_adapter.profiling", "longctx_adapter.eval", "longctx_adapter.demo"]),

@@ -3,6 +3,9 @@
 Stock `forward` and `generate` both accept pre-computed `mm_encoder_outputs`, so the adapter never copies an HF
 forward: it encodes with the stock encoder, pools, shrinks the placeholder runs, and hands everything to the
 original bound method. Calls without visual input (including every decode step) go straight through.
+
+Everything here works on an AdapterHandle (hooks/handle.py) through its public interface: the family declaration
+(`handle.family`), the config, the guidance, the RoPE hooks, `record`, `call_scope`, `continuations`.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ class Prepared:
     rewritten: Rewritten
     caller_input_ids: torch.Tensor
     stats: list[dict] = field(default_factory=list)
+    family: object = None  # what the family's finish() returned for this call
 
 
 @dataclass
@@ -39,6 +43,35 @@ class PoolContext:
     pooled: list  # PooledVideo per segment (None for stock segments)
     segment_runs: list  # the placeholder runs each segment fills
     segment_lengths: list  # their new lengths
+
+
+def video_stat(
+    row: int,
+    tokens_before: int,
+    tokens_after: int,
+    *,
+    frames: int | None = None,
+    frames_after: int | None = None,
+    grid: list | None = None,
+    pooled: bool = False,
+    rope_factor: float | None = None,
+) -> dict:
+    """One entry of `handle.last_stats`: the one place its schema is written.
+
+    frames / frames_after / grid: the video's frames before and after pooling and its (T, H, W) grid (None when
+    the call was not pooled); rope_factor: filled in once the call's RoPE plan is known (None: RoPE stays stock).
+    Question-guided calls add question, kept_frames and anchors.
+    """
+    return {
+        "row": row,
+        "frames": frames,
+        "frames_after": frames_after,
+        "grid": grid,
+        "tokens_before": int(tokens_before),
+        "tokens_after": int(tokens_after),
+        "pooled": pooled,
+        "rope_factor": rope_factor,
+    }
 
 
 def bind_call(signature: inspect.Signature, args: tuple, kwargs: dict) -> dict:
@@ -84,7 +117,7 @@ def prepare(handle, call: dict, question=None) -> Prepared | None:
     encoder = getattr(model.model, family.encoder_name)
     accepted = inspect.signature(encoder).parameters
     encoder_kwargs = {k: call[k] for k in accepted if k in call and k != "kwargs"}
-    guidance = getattr(handle, "guidance", None)
+    guidance = handle.guidance
     with guidance.capture(model) if guidance is not None else contextlib.nullcontext() as captured:
         segments, template = encode_segments(family, model, encoder_kwargs, [r.length for r in runs], config)
     segment_runs = _runs_per_segment(family, runs, segments)
@@ -109,16 +142,15 @@ def prepare(handle, call: dict, question=None) -> Prepared | None:
         pooled_videos.append(pooled)
         segment_lengths.append(lengths)
         stats.append(
-            {
-                "row": row,
-                "frames": seg.frames,
-                "frames_after": None if pooled is None else len(pooled.sizes),
-                "grid": None if seg.grid is None else list(seg.grid.shape[:3]),
-                "tokens_before": sum(r.length for r in seg_runs),
-                "tokens_after": int(feats.shape[0]),
-                "pooled": seg.grid is not None,
-                "rope_factor": None,
-            }
+            video_stat(
+                row,
+                sum(r.length for r in seg_runs),
+                feats.shape[0],
+                frames=seg.frames,
+                frames_after=None if pooled is None else len(pooled.sizes),
+                grid=None if seg.grid is None else list(seg.grid.shape[:3]),
+                pooled=seg.grid is not None,
+            )
         )
         if guidance is not None:
             info = getattr(pooled, "guided", None)
@@ -151,11 +183,11 @@ def prepare(handle, call: dict, question=None) -> Prepared | None:
     new_call.update(rewritten.extra)
     encoded[family.modality] = family.pack(template, features, side_features if any(side_features) else ())
     new_call["mm_encoder_outputs"] = encoded
+    state = None
     if family.finish is not None:
-        family.finish(
-            handle, PoolContext(call, new_call, rewritten, segments, pooled_videos, segment_runs, segment_lengths)
-        )
-    return Prepared(new_call, rewritten, input_ids, stats)
+        context = PoolContext(call, new_call, rewritten, segments, pooled_videos, segment_runs, segment_lengths)
+        state = family.finish(handle, context)
+    return Prepared(new_call, rewritten, input_ids, stats, state)
 
 
 def _encode_other_modality(model, family, call, new_call, encoded) -> None:
@@ -237,20 +269,9 @@ def _rope_plan(handle, prepared: Prepared | None, call: dict):
     return plan
 
 
-@contextlib.contextmanager
-def _adapted_call(handle, prepared, plan):
-    """Scope of one adapted call: RoPE plan active, nested forward calls passed through, family state released."""
-    handle._enter()
-    if plan is not None:
-        handle.rope.activate(plan)
-    try:
-        yield
-    finally:
-        if plan is not None:
-            handle.rope.deactivate()
-        if prepared is not None and handle.family.release is not None:
-            handle.family.release(handle)
-        handle._exit()
+def _call_scope(handle, prepared, plan):
+    """Scope of one adapted call (see AdapterHandle.call_scope): RoPE plan active, the family's call state set."""
+    return handle.call_scope(plan, None if prepared is None else prepared.family)
 
 
 def _remember_cache(handle, plan, output):
@@ -262,9 +283,14 @@ def _remember_cache(handle, plan, output):
 
 
 def _plan_call(handle, call, question=None):
+    """Pool and plan one call, and record what the adapter does on it (only calls with visual input count)."""
     prepared = prepare(handle, call, question)
     plan = _rope_plan(handle, prepared, call)
-    handle._record(prepared, plan)
+    if prepared is not None:
+        handle.record(prepared.stats, prepared.rewritten.attention_mask)
+    elif plan is not None:
+        counts = plan.visual.sum(dim=1).tolist()
+        handle.record([video_stat(row, n, n, rope_factor=plan.factors[row]) for row, n in enumerate(counts) if n])
     return prepared, plan
 
 
@@ -274,13 +300,13 @@ def wrap_forward(handle, original):
     @functools.wraps(original)
     def forward(*args, **kwargs):
         question = kwargs.pop("question", None)  # the adapter's own keyword: never reaches the stock model
-        if handle._inside():  # an adapted generate() already pooled and planned this sequence
+        if handle.inside_call:  # an adapted generate() already pooled and planned this sequence
             return original(*args, **kwargs)
         call = bind_call(signature, args, kwargs)
         prepared, plan = _plan_call(handle, call, question)
         if prepared is None and plan is None:
             return original(*args, **kwargs)
-        with _adapted_call(handle, prepared, plan):
+        with _call_scope(handle, prepared, plan):
             if prepared is None:
                 if handle.config.last_logits_only and "logits_to_keep" not in call and call.get("labels") is None:
                     kwargs = {**kwargs, "logits_to_keep": 1}  # memory-lean option (see AdapterConfig)
@@ -324,7 +350,7 @@ def wrap_generate(handle, original):
         if continued is not None:
             return _continue_generation(handle, original, call, continued)
         prepared, plan = _plan_call(handle, call, question)
-        with _adapted_call(handle, prepared, plan):  # the forwards inside generate() pass straight through
+        with _call_scope(handle, prepared, plan):  # the forwards inside generate() pass straight through
             if prepared is None:
                 return original(*args, **kwargs)
             _shift_lengths(handle.model, prepared)
@@ -413,7 +439,7 @@ def _continue_generation(handle, original, call, continued: Continuation):
         given = call.get(name)
         tail = given[:, prefix:] if given is not None else value.new_zeros(ids.shape[0], ids.shape[1] - prefix)
         new_call[name] = torch.cat([value.to(tail.device), tail], dim=1)
-    with _adapted_call(handle, None, continued.plan):
+    with handle.call_scope(continued.plan):
         output = original(**new_call)
     sequences = output if isinstance(output, torch.Tensor) else output.sequences
     restored = torch.cat([ids, sequences[:, new_call["input_ids"].shape[1] :]], dim=1)

@@ -4,8 +4,9 @@ Without chunking the vision tower sees every frame of a video in one batch, so i
 projected features) grow with the frame count: at 256 frames on LLaVA-OneVision-7B the encoder alone can peak above
 the language model. With `vision_chunk_frames=C` the adapter
 
-1. splits each video's pixels along the frame axis into chunks of C frames (LLaVA family: `(B, T, C, H, W)` pixels;
-   Qwen-VL: the patch rows of C frames with `video_grid_thw` t = C / temporal_patch_size),
+1. splits each video's pixels into chunks of C frames as the family declares (`split_video`; LLaVA family:
+   the frame axis of `(B, T, C, H, W)` pixels; Qwen-VL: the patch rows of C frames with `video_grid_thw`
+   t = C / temporal_patch_size),
 2. runs the family's own stock encoder (`family.encode`) on one chunk at a time, and
 3. pools each chunk as soon as it is encoded, keeping only pooled tokens, when the pooling stages are *frame-local*
    at that chunk size (below); otherwise it keeps each chunk's unpooled grid and pools the concatenation once at
@@ -38,13 +39,11 @@ from dataclasses import dataclass
 import torch
 
 from longctx_adapter.errors import AdapterError
-from longctx_adapter.hooks.family import Segment
+from longctx_adapter.family import Segment
 from longctx_adapter.ops.pooling import PooledVideo, chunk_plan, pool_video
+from longctx_adapter.registry import families_where
 
 __all__ = ["ChunkedSegment", "chunk_plan", "encode_segments", "pool_segment", "pool_side_grids"]
-
-_FRAME_AXIS_TYPES = ("llava_onevision", "llava_next_video")  # pixels (B, T, C, H, W)
-_PATCH_ROW_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")  # pixels (sum t*h*w, patch_dim) + video_grid_thw
 
 
 @dataclass
@@ -155,57 +154,24 @@ def encode_segments(family, model, encoder_kwargs: dict, run_lengths, config):
     chunk = getattr(config, "vision_chunk_frames", None)
     if not chunk:
         return family.encode(model, encoder_kwargs, run_lengths, config)
-    model_type = model.config.model_type
-    if model_type in _FRAME_AXIS_TYPES:
-        return _encode_frame_axis(family, model, encoder_kwargs, run_lengths, config, chunk)
-    if model_type in _PATCH_ROW_TYPES:
-        return _encode_patch_rows(family, model, encoder_kwargs, run_lengths, config, chunk)
-    raise AdapterError(
-        f"vision_chunk_frames is not supported for model_type {model_type!r} (frames arrive as separate images there); "
-        f"it works for {sorted(_FRAME_AXIS_TYPES + _PATCH_ROW_TYPES)}. Drop vision_chunk_frames for this model"
-    )
-
-
-def _encode_frame_axis(family, model, encoder_kwargs, run_lengths, config, chunk):
-    (key,) = family.pixel_keys
-    pixels = encoder_kwargs[key]
-    local, reduction, _ = chunk_plan(config.pooling, chunk)
-    videos, template = None, None
-    for start, stop in _chunks(pixels.shape[1], chunk, reduction):
-        template = None  # free the previous chunk's encoder output before encoding the next one
-        part = pixels[:, start:stop].contiguous()  # a copy of one chunk only when the batch has several videos
-        segments, template = family.encode(model, {**encoder_kwargs, key: part}, run_lengths, config)
-        if videos is None:
-            videos = [_Video(config.pooling, local) for _ in segments]
-        for video, seg in zip(videos, segments):
-            video.add(seg)
-        seg = segments = None  # the last segment's grid views this chunk's whole encoder output: drop it now
-    return [v.segment() for v in videos], _lean_template(template)
-
-
-def _encode_patch_rows(family, model, encoder_kwargs, run_lengths, config, chunk):
-    vision = model.config.vision_config
-    step = vision.temporal_patch_size
+    if family.split_video is None:
+        raise AdapterError(
+            f"vision_chunk_frames is not supported for model_type {model.config.model_type!r} (frames arrive as "
+            f"separate images there); it works for {families_where(lambda f: f.split_video is not None)}. "
+            "Drop vision_chunk_frames for this model"
+        )
+    step = family.temporal_patch(model.config)
     if chunk % step:
         raise AdapterError(
             f"vision_chunk_frames={chunk} must be a multiple of this model's temporal patch size ({step} frames)"
         )
-    grids = encoder_kwargs.get("video_grid_thw")
-    if grids is None:
-        raise AdapterError("Qwen-VL videos need video_grid_thw (the processor returns it); pass it with the pixels")
-    pixels = encoder_kwargs["pixel_values_videos"]
     local, reduction, _ = chunk_plan(config.pooling, chunk // step)
-    out, template, row = [], None, 0
-    for t, h, w in grids.tolist():
-        video = _Video(config.pooling, local, blocks_per_frame=model.config.model_type == "qwen3_vl")
-        for start, stop in _chunks(t, chunk // step, reduction):
-            rows = pixels[row + start * h * w : row + stop * h * w]
-            grid = torch.tensor([[stop - start, h, w]], dtype=grids.dtype, device=grids.device)
-            kwargs = {**encoder_kwargs, "pixel_values_videos": rows, "video_grid_thw": grid}
-            template = None  # free the previous chunk's encoder output before encoding the next one
-            (seg,), template = family.encode(model, kwargs, run_lengths, config)
-            video.add(seg)
-            del seg
-        out.append(video.segment())
-        row += t * h * w
-    return out, _lean_template(template)
+    videos: dict[int, _Video] = {}
+    template = None
+    for indices, part in family.split_video(encoder_kwargs, lambda total: _chunks(total, chunk // step, reduction)):
+        template = None  # free the previous chunk's encoder output before encoding the next one
+        segments, template = family.encode(model, {**encoder_kwargs, **part}, run_lengths, config)
+        for index, seg in zip(indices, segments):
+            videos.setdefault(index, _Video(config.pooling, local, family.blocks_per_frame)).add(seg)
+        part = seg = segments = None  # the last segment's grid views this chunk's whole encoder output: drop it now
+    return [videos[index].segment() for index in sorted(videos)], _lean_template(template)

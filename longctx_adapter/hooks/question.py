@@ -24,8 +24,9 @@ and scored, so no second vision pass runs. Not with `vision_chunk_frames` (chunk
 scorer then runs its own pass).
 
 Pixel normalization of the LMM's inputs: taken from the processor when one is given as `tokenizer=`, otherwise the
-public checkpoints' values per model type (OpenAI CLIP for LLaVA, LLaVA-NeXT(-Video), Qwen2/2.5-VL; 0.5 for
-LLaVA-OneVision and Qwen3-VL).
+public checkpoints' values the family declares (`input_norm`: OpenAI CLIP for LLaVA, LLaVA-NeXT(-Video),
+Qwen2/2.5-VL; 0.5 for LLaVA-OneVision and Qwen3-VL). Which frames and which tower: the family's `scorer_frames`
+and `scorer_tower`.
 """
 
 from __future__ import annotations
@@ -38,24 +39,11 @@ import torch
 import torch.nn.functional as F
 
 from longctx_adapter.errors import AdapterError
-from longctx_adapter.hooks.scorer import HALF, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, Scorer, resolve_scorer
+from longctx_adapter.hooks.scorer import Scorer, resolve_scorer
 from longctx_adapter.ops.guided import Guide
 from longctx_adapter.ops.stages import parse_stages
 
 __all__ = ["Guidance", "build_guidance", "question_texts"]
-
-_INPUT_NORM = {
-    "llava": (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD),
-    "llava_next": (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD),
-    "llava_next_video": (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD),
-    "llava_onevision": (HALF, HALF),
-    "qwen2_vl": (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD),
-    "qwen2_5_vl": (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD),
-    "qwen3_vl": (HALF, HALF),
-}
-_IMAGE_FRAMES = ("llava", "llava_next")
-_VIDEO_FRAMES = ("llava_next_video", "llava_onevision")
-_PATCH_ROWS = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 
 
 def build_guidance(model, family, config, scorer=None, tokenizer=None):
@@ -65,7 +53,7 @@ def build_guidance(model, family, config, scorer=None, tokenizer=None):
     return Guidance(model, family, config, scorer, tokenizer)
 
 
-def _split_processor(tokenizer, model_type):
+def _split_processor(tokenizer):
     """(tokenizer, (mean, std) or None) from a tokenizer or a processor."""
     inner = getattr(tokenizer, "tokenizer", None)
     if inner is None:
@@ -81,7 +69,7 @@ class Guidance:
     """Per handle: the scorer, the question source and the reuse decision (see module docstring)."""
 
     def __init__(self, model, family, config, scorer, tokenizer):
-        self.model_type = model.config.model_type
+        self.family = family
         stages = [s for s in parse_stages(config.pooling) if s.guided]
         named = next((s.scorer for s in stages if getattr(s, "scorer", None) is not None), None)
         spec = scorer if scorer is not None else named
@@ -93,8 +81,8 @@ class Guidance:
                 "checkpoint path), or name one in the stage as 'scorer': '<registered name or path>'"
             )
         self.scorer: Scorer = resolve_scorer(spec)
-        self.tokenizer, norm = _split_processor(tokenizer, self.model_type)
-        self.input_norm = norm or _INPUT_NORM.get(self.model_type, (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD))
+        self.tokenizer, norm = _split_processor(tokenizer)
+        self.input_norm = norm or family.input_norm
         self.frame_level = any(getattr(s, "score", None) == "global" for s in stages)
         self.placeholders = {
             int(v)
@@ -102,11 +90,16 @@ class Guidance:
             if v is not None
         }
         self.placeholders.add(int(family.token_id(model.config)))
-        self.reuse = config.vision_chunk_frames is None and _same_tower(model, self.scorer, self.input_norm)
+        self.reuse = config.vision_chunk_frames is None and _same_tower(self.tower(model), self.scorer, self.input_norm)
         self._warned = False
         self._lock = threading.Lock()
 
     # --- reuse of the LMM's own vision pass ----------------------------------------------------------------------
+    def tower(self, model):
+        """The LMM's vision tower whose hidden states may stand in for the scorer's own pass, or None."""
+        name = self.family.scorer_tower
+        return None if name is None else getattr(getattr(model, "model", None), name, None)
+
     @contextlib.contextmanager
     def capture(self, model):
         """Hold the LMM vision tower's outputs of the encode inside this block (only when reusing)."""
@@ -118,7 +111,7 @@ class Guidance:
         def hook(module, args, output):
             captured.append(output)
 
-        handle = model.model.vision_tower.register_forward_hook(hook)
+        handle = self.tower(model).register_forward_hook(hook)
         try:
             yield captured
         finally:
@@ -149,7 +142,7 @@ class Guidance:
             self._warn("no question= and no tokenizer= given" if self.tokenizer is None else "the prompt has no text")
         if all(texts[row] is None for row in pooled_rows):
             return [None] * len(segments), texts
-        frames = segment_frames(model, encoder_kwargs, segments)
+        frames = self.family.scorer_frames(model, encoder_kwargs, segments)
         hidden = _captured_hidden(captured, self.scorer, self.frame_level) if self.reuse else None
         out = []
         for seg, row, (pixels, tower_rows) in zip(segments, rows, frames):
@@ -191,11 +184,10 @@ def _captured_hidden(captured, scorer: Scorer, frame_level: bool):
     return hidden
 
 
-def _same_tower(model, scorer: Scorer, input_norm) -> bool:
+def _same_tower(tower, scorer: Scorer, input_norm) -> bool:
     """True when the LMM's vision tower computes the scorer's vision hidden states from the LMM's own pixels."""
-    tower = getattr(getattr(model, "model", None), "vision_tower", None)
     vision = scorer.model.vision_model
-    if tower is None or model.config.model_type not in _IMAGE_FRAMES + _VIDEO_FRAMES:
+    if tower is None:
         return False
     if (tuple(input_norm[0]), tuple(input_norm[1])) != (scorer.image_mean, scorer.image_std):
         return False
@@ -269,65 +261,3 @@ def question_texts(input_ids, attention_mask, question, tokenizer, placeholders)
             text = tokenizer.decode(rest, skip_special_tokens=True).strip() if rest else ""
         texts.append(text or None)
     return texts
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# The frames behind each segment: (pixels (n, 3, h, w) in the LMM's normalization, rows in the vision tower's batch).
-
-
-def segment_frames(model, encoder_kwargs, segments) -> list[tuple[torch.Tensor | None, torch.Tensor | None]]:
-    model_type = model.config.model_type
-    if model_type in _IMAGE_FRAMES:
-        return _image_frames(model, encoder_kwargs, segments)
-    if model_type in _VIDEO_FRAMES:
-        videos = encoder_kwargs["pixel_values_videos"]
-        batch, frames = videos.shape[:2]
-        return [(videos[b], torch.arange(b * frames, (b + 1) * frames)) for b in range(batch)][: len(segments)]
-    if model_type in _PATCH_ROWS:
-        return _qwen_frames(model, encoder_kwargs, segments)
-    raise AdapterError(f"question-guided pooling does not know how {model_type!r} lays out its frames")
-
-
-def _image_frames(model, encoder_kwargs, segments):
-    pixels = encoder_kwargs["pixel_values"]
-    if model.config.model_type == "llava_next":
-        from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
-
-        tiles = [
-            image_size_to_num_patches(
-                image_size=size,
-                grid_pinpoints=model.config.image_grid_pinpoints,
-                patch_size=model.config.vision_config.image_size,
-            )
-            for size in encoder_kwargs["image_sizes"]
-        ]
-        starts = [0]
-        for n in tiles[:-1]:
-            starts.append(starts[-1] + n)
-        starts = torch.tensor(starts)
-        base = pixels[:, 0] if pixels.dim() == 5 else pixels[starts.to(pixels.device)]  # each image's base tile
-    else:
-        base, starts = pixels, torch.arange(pixels.shape[0])
-    out, cursor = [], 0
-    for seg in segments:
-        count = seg.frames if seg.grid is not None else 1
-        out.append((base[cursor : cursor + count], starts[cursor : cursor + count]))
-        cursor += count
-    return out
-
-
-def _qwen_frames(model, encoder_kwargs, segments):
-    """Undo the Qwen-VL processor's patchification: (t*h*w, C*tp*p*p) rows -> (t*tp, C, h*p, w*p) frames."""
-    vision = model.config.vision_config
-    merge, tp = vision.spatial_merge_size, vision.temporal_patch_size
-    patch = vision.patch_size
-    channels = getattr(vision, "in_channels", getattr(vision, "in_chans", 3))
-    pixels, grids = encoder_kwargs["pixel_values_videos"], encoder_kwargs["video_grid_thw"]
-    out, row = [], 0
-    for t, h, w in grids.tolist():
-        rows = pixels[row : row + t * h * w]
-        row += t * h * w
-        x = rows.reshape(t, h // merge, w // merge, merge, merge, channels, tp, patch, patch)
-        x = x.permute(0, 6, 5, 1, 3, 7, 2, 4, 8).reshape(t * tp, channels, h * patch, w * patch)
-        out.append((x, None))
-    return out

@@ -7,7 +7,10 @@ forward hook on `language_model.rotary_emb` replaces the cos/sin rows of a call 
 - `scope="visual"`: only visual tokens' rows change; text keeps stock RoPE.
 A pre-hook on the decoder records how many tokens the cache already holds, so chunked prefill and a pre-filled
 cache find their columns. The per-sequence plan is remembered per cache object, so a manual decode loop that
-passes the cache back keeps the same rotation.
+passes the cache back keeps the same rotation. The call's plan and the pre-hook's offset reach the rotary hook
+through the handle's per-thread call state (hooks/handle.py, CallState), the one place hooks share state.
+The new rows are computed by the pure `ops.rope.rope_cos_sin` (bit-identical to the stock module for integer
+positions), one batch row at a time since every row has its own frequencies.
 
 Rule for a model's own `rope_parameters`: "default" composes trivially; "linear" (e.g. LLaVA-NeXT-Video's
 factor 2) divides the extended frequencies by its factor, i.e. the visual extension is computed on the base
@@ -17,14 +20,13 @@ applies it to the base frequencies. Other rope types are refused when a visual e
 
 from __future__ import annotations
 
-import threading
 import weakref
 from dataclasses import dataclass
 
 import torch
 
 from longctx_adapter.errors import AdapterError
-from longctx_adapter.ops.rope import default_inv_freq, inv_freq_for, scale_factor, visual_position_shift
+from longctx_adapter.ops.rope import default_inv_freq, inv_freq_for, rope_cos_sin, scale_factor, visual_position_shift
 
 
 @dataclass(frozen=True)
@@ -136,16 +138,20 @@ def _expanded(plan: RopePlan, batch: int) -> RopePlan:
 
 
 class RopeHooks:
-    """The two hooks and the per-thread / per-cache state they share."""
+    """The decoder pre-hook and the rotary forward hook of one handle, and the plans remembered per cache.
 
-    def __init__(self, spec: dict, base: RopeBase, decoder, rotary):
+    calls: the handle's per-thread CallState; `rope_plan` is set for the duration of an adapted call,
+    `rope_step` by the decoder pre-hook for the rotary hook of the same pass.
+    """
+
+    def __init__(self, spec: dict, base: RopeBase, decoder, rotary, calls):
         self.spec = spec
         self.base = base
         # M-RoPE (Qwen-VL): position ids are (3, B, L) and the module recomposes per-axis frequency sections.
         self.mrope = getattr(rotary, "recomposition_frequencies", None)
         if self.mrope is not None and spec["type"] == "interpolate":
             raise AdapterError("rope type 'interpolate' is for 1-D RoPE; on M-RoPE models use yarn, linear or ntk")
-        self._local = threading.local()
+        self.calls = calls
         self._by_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._stock_inv = default_inv_freq(base.head_dim, base.theta, base.partial_rotary_factor)
         if base.model_factor != 1.0:
@@ -155,17 +161,10 @@ class RopeHooks:
             rotary.register_forward_hook(self._after_rotary, with_kwargs=True),
         ]
 
-    # --- call context, set by the wrapped forward/generate ------------------------------------------------
     @property
     def active(self) -> RopePlan | None:
-        return getattr(self._local, "plan", None)
-
-    def activate(self, plan: RopePlan | None):
-        self._local.plan = plan
-
-    def deactivate(self):
-        self._local.plan = None
-        self._local.current = None
+        """The plan of the adapted call in progress on this thread."""
+        return self.calls.rope_plan
 
     def remember(self, cache, plan: RopePlan) -> None:
         self._by_cache[cache] = plan
@@ -182,10 +181,10 @@ class RopeHooks:
         elif plan is None and cache is not None:
             plan = self._by_cache.get(cache)
         offset = int(cache.get_seq_length()) if cache is not None else 0
-        self._local.current = (plan, offset)
+        self.calls.rope_step = (plan, offset)
 
     def _after_rotary(self, module, args, kwargs, output):
-        plan, offset = getattr(self._local, "current", None) or (None, 0)
+        plan, offset = self.calls.rope_step or (None, 0)
         if plan is None:
             return None
         position_ids = kwargs["position_ids"] if "position_ids" in kwargs else args[1]
@@ -218,33 +217,36 @@ class RopeHooks:
         return torch.where(mask, new_cos, cos), torch.where(mask, new_sin, sin)
 
     def _extended(self, plan: RopePlan, position_ids, cols, in_prompt, dtype):
-        device = position_ids.device
         if plan.spec["type"] == "interpolate":
-            prompt_shift = plan.shift.to(device)
+            prompt_shift = plan.shift.to(position_ids.device)
             shift = (
                 prompt_shift[:, -1:].expand(position_ids.shape).clone()
             )  # decode steps: every visual token is behind
             shift[:, in_prompt] = prompt_shift[:, cols[in_prompt]]
             positions = (position_ids.to(torch.float64) - shift).float()
-            freqs = positions[..., None] * self._stock_inv.to(device=device, dtype=torch.float)
-            emb = torch.cat((freqs, freqs), dim=-1)
-            return emb.cos().to(dtype), emb.sin().to(dtype)
-        freqs = position_ids[..., None].float() * plan.inv_freq.to(device=device, dtype=torch.float)[:, None, :]
-        emb = torch.cat((freqs, freqs), dim=-1)
-        scaling = plan.scaling.to(device)[:, None, None]
-        return (emb.cos() * scaling).to(dtype), (emb.sin() * scaling).to(dtype)
+            return rope_cos_sin(self._stock_inv, positions, dtype=dtype)
+        rows = [
+            rope_cos_sin(inv, pos, scale, dtype=dtype)
+            for inv, pos, scale in zip(plan.inv_freq, position_ids, plan.scaling.tolist())
+        ]
+        return torch.stack([cos for cos, _ in rows]), torch.stack([sin for _, sin in rows])
 
     def _extended_mrope(self, plan: RopePlan, position_ids, dtype):
-        """The module's own recipe (per-axis freqs, cos/sin, section recomposition) with extended axes."""
-        device = position_ids.device
-        stock = self._stock_inv.to(device=device, dtype=torch.float)
-        per_axis = stock.expand(3, position_ids.shape[1], -1).clone()
-        for axis in plan.spec.get("mrope_axes", ["t"]):
-            per_axis["thw".index(axis)] = plan.inv_freq.to(device=device, dtype=torch.float)
-        freqs = position_ids[..., None].float() * per_axis[:, :, None, :]
-        scaling = plan.scaling.to(device)[None, :, None, None]
-        cos = self.mrope(freqs.cos() * scaling)
-        sin = self.mrope(freqs.sin() * scaling)
+        """The module's own recipe (per-axis cos/sin, section recomposition) with extended axes' frequencies."""
+        extended_axes = {"thw".index(axis) for axis in plan.spec.get("mrope_axes", ["t"])}
+        half = self._stock_inv.shape[0]
+        per_axis = []
+        for axis in range(3):
+            rows = [
+                rope_cos_sin(inv if axis in extended_axes else self._stock_inv, pos, scale)
+                for inv, pos, scale in zip(plan.inv_freq, position_ids[axis], plan.scaling.tolist())
+            ]
+            # rope_cos_sin duplicates the frequencies (cat((f, f))); the module recomposes the sections of one half
+            per_axis.append(
+                (torch.stack([c[..., :half] for c, _ in rows]), torch.stack([s[..., :half] for _, s in rows]))
+            )
+        cos = self.mrope(torch.stack([c for c, _ in per_axis]))
+        sin = self.mrope(torch.stack([s for _, s in per_axis]))
         return cos.to(dtype), sin.to(dtype)
 
     def remove(self):

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from longctx_adapter.errors import AdapterError
+from longctx_adapter.family import HALF, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 __all__ = [
     "Scorer",
@@ -50,10 +51,6 @@ __all__ = [
     "stretch_positions",
     "unregister_scorer",
 ]
-
-OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-HALF = (0.5, 0.5, 0.5)
 
 
 def _kind(model) -> str:

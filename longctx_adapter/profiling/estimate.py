@@ -29,17 +29,15 @@ follow the 5.24 code but were checked less closely than the LLaVA family (see te
 from __future__ import annotations
 
 import json
-import math
 from functools import lru_cache
 
 from longctx_adapter.errors import AdapterError
 from longctx_adapter.ops.pooling import chunk_plan, count_tokens, pooled_shape
 from longctx_adapter.ops.stages import GridShape, parse_stages
 from longctx_adapter.profiling.dtypes import dtype_bytes
+from longctx_adapter.registry import MODEL_TYPE_TO_PATCH, family_for
 
 __all__ = ["estimate_memory", "max_frames", "param_bytes"]
-
-_QWEN = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 
 
 @lru_cache(maxsize=64)
@@ -119,14 +117,13 @@ def estimate_memory(
     stages, chunk = _stages(adapter_config)
     kind = config.model_type
     cpu = str(device).split(":")[0] == "cpu"
-    if kind == "llava_onevision":
-        vis = _llava_vision(config, frames, stages, chunk, b, onevision=True, cpu=cpu, hidden=vision_hidden_states)
-    elif kind == "llava_next_video":
-        vis = _llava_vision(config, frames, stages, chunk, b, onevision=False, cpu=cpu, hidden=vision_hidden_states)
-    elif kind in _QWEN:
-        vis = _qwen_vision(config, frames, stages, chunk, b, frame_size)
-    else:
+    family = family_for(kind) if kind in MODEL_TYPE_TO_PATCH else None
+    if family is None or family.cost is None:
         raise AdapterError(f"no memory model for model_type {kind!r}")
+    if family.cost.kind == "tower":
+        vis = _tower_vision(config, family, frames, stages, chunk, b, cpu=cpu, hidden=vision_hidden_states)
+    else:
+        vis = _patch_vision(config, family, frames, stages, chunk, b, frame_size)
 
     t = _text(config)
     h, inter, kvh, hd = t["hidden"], t["inter"], t["kv_heads"], t["head_dim"]
@@ -182,12 +179,15 @@ def estimate_memory(
 # ------------------------------------------------------------------------------------------------ LLaVA family
 
 
-def _llava_vision(config, frames, stages, chunk, b, onevision: bool, cpu: bool = True, hidden="selected") -> dict:
-    """SigLIP/CLIP tower + 2-layer projector; OneVision pools after the projector, NeXT-Video before it."""
+def _tower_vision(config, family, frames, stages, chunk, b, cpu: bool = True, hidden="selected") -> dict:
+    """SigLIP/CLIP tower + 2-layer projector; the stock model shrinks the grid after the projector (OneVision) or
+    before it (NeXT-Video), as the family's EncoderCost says."""
+    cost = family.cost
+    after_projector = cost.pools_after_projector
     v = config.vision_config
     h = config.text_config.hidden_size
     side = v.image_size // v.patch_size
-    cls = 0 if onevision else 1  # CLIP prepends a CLS token
+    cls = 1 if cost.cls_token else 0  # CLIP prepends a CLS token
     n = side * side + cls
     d, i = v.hidden_size, v.intermediate_size
     c = min(frames, chunk or frames)
@@ -195,15 +195,10 @@ def _llava_vision(config, frames, stages, chunk, b, onevision: bool, cpu: bool =
         local = c >= frames or chunk_plan(stages, c)[0]
     else:
         local = True
-    if onevision:
-        stock_side = math.ceil(side / 2)
-        grid = side  # the adapter pools the 27x27 grid
-        tokens_before = frames * stock_side**2 + 1
-        tokens_after = count_tokens(frames, grid, grid, stages) + 1 if stages else tokens_before
-    else:
-        grid = side // config.spatial_pool_stride
-        tokens_before = frames * grid * grid
-        tokens_after = count_tokens(frames, grid, grid, stages) if stages else tokens_before
+    _, grid, _ = family.video_grid(config, frames)  # the (square) grid the adapter pools
+    tokens_before = family.stock_tokens(config, frames)
+    tokens_after = count_tokens(frames, grid, grid, stages) + family.tail_tokens if stages else tokens_before
+    stock_grid = tokens_before - family.tail_tokens  # the stock model's tokens per video, without its tail
     pixels = frames * 3 * v.image_size**2 * b
 
     N = c * n  # encoder tokens of one chunk
@@ -217,10 +212,10 @@ def _llava_vision(config, frames, stages, chunk, b, onevision: bool, cpu: bool =
         encoder += v.num_hidden_layers * N * d * b
         kept_hidden = (v.num_hidden_layers + 2) * N * d * b
     P = tokens_after
-    if onevision:
+    if after_projector:
         proj = kept_hidden + 2 * N * h * b  # linear_1 out + activation (then activation + linear_2 out)
         if stages is None:  # stock: bilinear 2x on a contiguous NCHW copy, then cat with the newline
-            pooled = frames * stock_side**2 * h * b
+            pooled = stock_grid * h * b
             # CPU's bilinear kernel on NCHW input with many channels works on a channels-last copy plus an output-
             # sized buffer (measured: transient = input + output); CUDA's kernel reads NCHW in place
             scratch = N * h * b + pooled if cpu else 0
@@ -242,7 +237,7 @@ def _llava_vision(config, frames, stages, chunk, b, onevision: bool, cpu: bool =
     if chunk and stages:
         # chunked: one chunk's activations + all pooled tokens so far (or unpooled grids when not frame-local);
         # the encoder output is not kept (lean template), also when one chunk holds the whole video
-        acc = P * h * b if local else (frames * (side * side if onevision else grid * grid) * h * b)
+        acc = P * h * b if local else (frames * grid * grid * h * b)
         peak = chunk_peak + acc
         kept = 0
     else:
@@ -279,28 +274,22 @@ def _op_scratch_tokens(stages, frames, side) -> int:
 # ------------------------------------------------------------------------------------------------ Qwen-VL family
 
 
-def _qwen_vision(config, frames, stages, chunk, b, frame_size) -> dict:
-    from longctx_adapter.profiling.sizes import preset_for_type, stock_visual_tokens
-
+def _patch_vision(config, family, frames, stages, chunk, b, frame_size) -> dict:
+    """ViT on patchified frames + merger (Qwen-VL), as the family's EncoderCost says."""
+    cost = family.cost
     v = config.vision_config
-    kind = config.model_type
     if frame_size is None:
-        frame_size = preset_for_type(kind).frame_size
+        frame_size = family.frame_size
     height, width = frame_size
     p, merge, tp = v.patch_size, v.spatial_merge_size, v.temporal_patch_size
     hp, wp = height // p, width // p
     t = frames // tp
-    tokens_before = stock_visual_tokens(config, frames, frame_size)
+    tokens_before = family.stock_tokens(config, frames, frame_size)
     tokens_after = count_tokens(t, hp // merge, wp // merge, stages) if stages else tokens_before
     out_h = getattr(v, "out_hidden_size", None) or v.hidden_size
     d = getattr(v, "embed_dim", None) or v.hidden_size
     heads = v.num_heads
-    if kind == "qwen2_vl":
-        mlp = 2 * d * v.mlp_ratio  # fc1 + activation
-    elif kind == "qwen2_5_vl":
-        mlp = 3 * v.intermediate_size  # act(gate), up, product
-    else:
-        mlp = 2 * v.intermediate_size
+    mlp = cost.mlp_width(v)
     deepstack = len(getattr(v, "deepstack_visual_indexes", None) or [])
     c = min(frames, chunk or frames)
     ct = max(1, c // tp)
@@ -309,7 +298,7 @@ def _qwen_vision(config, frames, stages, chunk, b, frame_size) -> dict:
     rope = 2 * N * (d // heads) * 4
     attention = (2 * N * d + 3 * N * d + 2 * N * d) * b + 4 * N * d * 4  # in, norm, qkv, out(+copy), fp32 rope q/k
     block = max(attention, (2 * N * d + N * mlp) * b)
-    pos = N * d * b if kind == "qwen3_vl" else 0
+    pos = N * d * b if cost.position_copy else 0
     merged = N // (merge * merge) * out_h * b
     encoder = rope + pos + block + deepstack * merged
     merger = rope + N * d * b * 3 + merged + deepstack * merged
@@ -324,9 +313,9 @@ def _qwen_vision(config, frames, stages, chunk, b, frame_size) -> dict:
     else:  # the encoder output (last_hidden_state, and the stock DeepStack features) stays referenced
         peak = chunk_peak
         kept = full_n * d * b + (0 if stages else full_n // (merge * merge) * out_h * b * deepstack)
-    # vision start/end (Qwen3-VL: + 3 timestamp tokens per block, and the outer pair); merging frames deletes blocks
+    # vision start/end (Qwen3-VL: per block, with timestamp text); merging frames deletes blocks
     blocks = pooled_shape(t, hp // merge, wp // merge, stages).frames if stages else t
-    extra_text = 5 * blocks + 2 if kind == "qwen3_vl" else 2
+    extra_text = family.marker_tokens(blocks)
     features = (tokens_before if stages is None else P) * out_h * b * (1 + deepstack)
     return {
         "tokens_before": tokens_before,

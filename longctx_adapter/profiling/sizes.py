@@ -17,13 +17,13 @@ them); models are built with transformers' `no_init_weights` so no time goes int
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
 from longctx_adapter.errors import AdapterError
+from longctx_adapter.registry import MODEL_TYPE_TO_PATCH, family_for
 
 __all__ = [
     "PRESETS",
@@ -386,38 +386,17 @@ def real_model(
 # ----------------------------------------------------------------------------------------------- inputs
 
 
-def _frame_patches(config, frame_size: tuple[int, int]) -> tuple[int, int]:
-    patch = config.vision_config.patch_size
-    merge = getattr(config.vision_config, "spatial_merge_size", 1)
-    height, width = frame_size
-    if height % (patch * merge) or width % (patch * merge):
-        raise AdapterError(f"frame size {frame_size} must be a multiple of patch x merge = {patch * merge} pixels")
-    return height // patch, width // patch
+def _family(config, what: str):
+    family = family_for(config.model_type) if config.model_type in MODEL_TYPE_TO_PATCH else None
+    if family is None or getattr(family, what) is None:
+        raise AdapterError(f"no video input layout for model_type {config.model_type!r}")
+    return family
 
 
 def stock_visual_tokens(config, frames: int, frame_size: tuple[int, int] | None = None) -> int:
-    """Visual placeholder tokens the stock processor puts in for one video of `frames` frames."""
-    kind = config.model_type
-    vision = config.vision_config
-    if kind == "llava_onevision":
-        side = vision.image_size // vision.patch_size
-        return frames * math.ceil(side / 2) ** 2 + 1
-    if kind == "llava_next_video":
-        side = vision.image_size // vision.patch_size // config.spatial_pool_stride
-        return frames * side * side
-    if kind in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl"):
-        if frame_size is None:
-            raise AdapterError("Qwen-VL inputs need a frame_size (height, width) in pixels")
-        _check_even(frames, vision.temporal_patch_size)
-        h, w = _frame_patches(config, frame_size)
-        merge = vision.spatial_merge_size
-        return frames // vision.temporal_patch_size * (h // merge) * (w // merge)
-    raise AdapterError(f"no video input layout for model_type {kind!r}")
-
-
-def _check_even(frames: int, temporal_patch: int) -> None:
-    if frames % temporal_patch:
-        raise AdapterError(f"Qwen-VL takes frames in groups of {temporal_patch}; got {frames} frames")
+    """Visual placeholder tokens the stock processor puts in for one video of `frames` frames (the family's
+    `stock_tokens`; Qwen-VL needs the frame size)."""
+    return _family(config, "stock_tokens").stock_tokens(config, frames, frame_size)
 
 
 def video_inputs(
@@ -433,14 +412,14 @@ def video_inputs(
     """Hand-built inputs for one video, in the layout the stock processor produces (stock placeholder counts).
 
     Pixels are standard-normal in `dtype` (HF examples move processor outputs to the model dtype); text tokens are
-    random non-special ids below 1000. Qwen3-VL gets one vision block per frame pair with 3 timestamp tokens
-    before each, all inside one more <|vision_start|> ... <|vision_end|> pair.
+    random non-special ids below 1000. The layout is the family's (`video_inputs` in its patch module; e.g.
+    Qwen3-VL gets one vision block per frame pair with 3 timestamp tokens before each).
     """
     if isinstance(config, Mapping):
         raise AdapterError("video_inputs needs an HF config (or a model's .config)")
     config = getattr(config, "config", config)
     gen = torch.Generator().manual_seed(seed)
-    kind = config.model_type
+    family = _family(config, "video_inputs")
 
     special = {getattr(config, k, None) for k in ("image_token_id", "video_token_id", "vision_start_token_id",
                                                   "vision_end_token_id", "pad_token_id", "eos_token_id")}
@@ -450,45 +429,5 @@ def video_inputs(
     def words(n):
         return candidates[torch.randint(len(candidates), (n,), generator=gen)]
 
-    if kind in ("llava_onevision", "llava_next_video"):
-        run = torch.full((stock_visual_tokens(config, frames),), config.video_token_id)
-        ids = torch.cat([words(text_before), run, words(text_after)])[None]
-        side = config.vision_config.image_size
-        pixels = torch.randn((1, frames, 3, side, side), generator=gen, dtype=torch.float32).to(dtype)
-        out = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values_videos": pixels}
-        return {k: v.to(device) for k, v in out.items()}
-
-    frame_size = tuple(frame_size) if frame_size is not None else preset_for_type(kind).frame_size
-    vision = config.vision_config
-    _check_even(frames, vision.temporal_patch_size)
-    h, w = _frame_patches(config, frame_size)
-    t = frames // vision.temporal_patch_size
-    per_t = (h // vision.spatial_merge_size) * (w // vision.spatial_merge_size)
-    start, end, video = config.vision_start_token_id, config.vision_end_token_id, config.video_token_id
-    if kind == "qwen3_vl":
-        block = []
-        for _ in range(t):
-            block += [words(3), torch.tensor([start]), torch.full((per_t,), video), torch.tensor([end])]
-        visual = torch.cat([torch.tensor([start]), *block, torch.tensor([end])])  # the processor's outer pair
-    else:
-        visual = torch.cat([torch.tensor([start]), torch.full((t * per_t,), video), torch.tensor([end])])
-    ids = torch.cat([words(text_before), visual, words(text_after)])[None]
-    patch_dim = vision.in_channels * vision.temporal_patch_size * vision.patch_size**2
-    pixels = torch.randn((t * h * w, patch_dim), generator=gen, dtype=torch.float32).to(dtype)
-    out = {
-        "input_ids": ids,
-        "attention_mask": torch.ones_like(ids),
-        "mm_token_type_ids": (ids == video).to(torch.int32) * 2,
-        "pixel_values_videos": pixels,
-        "video_grid_thw": torch.tensor([[t, h, w]]),
-    }
-    if kind == "qwen2_5_vl":
-        out["second_per_grid_ts"] = torch.tensor([1.0])
+    out = family.video_inputs(config, frames, frame_size, words, text_before, text_after, gen, dtype)
     return {k: v.to(device) for k, v in out.items()}
-
-
-def preset_for_type(model_type: str) -> RealPreset:
-    for spec in PRESETS.values():
-        if spec.model_type == model_type:
-            return spec
-    raise AdapterError(f"no real-size preset for model_type {model_type!r}")
