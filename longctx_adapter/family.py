@@ -74,8 +74,10 @@ def _one_step(config) -> int:
 class VisualFamily:
     """Everything the core needs to know about one model type, as data and small functions of HF configs/models.
 
-    Fields are grouped by the module that asks; each one is explained where it is declared below. Functions run
-    inside the adapter's calls, so they may import transformers; building a VisualFamily must not.
+    Fields are grouped by the module that asks; each one is explained where it is declared below. The call path's
+    fields, the preset and the prompt placeholder are required; every other default means "this family does not
+    do that", and the module that needs it refuses with a clear error. Functions run inside the adapter's calls,
+    so they may import transformers; building a VisualFamily must not.
     """
 
     # --- identity and the call path (hooks/call_path.py) -----------------------------------------------------
@@ -92,6 +94,11 @@ class VisualFamily:
     # expects, given one (n_i, D) tensor per video (and its pooled side grids)
     pack: Callable
     frame_grid: Callable  # config -> (H, W) per frame of the grid pooling acts on (apply-time window checks)
+    # presets (config.py): the AdapterConfig dict AdapterConfig.preset(model_type) returns; its rope visual_window
+    # (where the model's visual training window is known) fills in a user's rope spec that leaves the window out
+    preset: Mapping
+    # evaluation (eval/video.py): the placeholder text of a prompt without chat template (per frame for "image")
+    prompt_placeholder: str
     # other per-token call tensors rewritten with input_ids: name -> (padding value, value at an inserted
     # placeholder), e.g. Qwen's mm_token_type_ids
     token_tensors: Mapping = field(default_factory=dict)
@@ -109,15 +116,11 @@ class VisualFamily:
     # frames can delete the blocks it no longer needs (tokens.merged_frame_blocks); None: refuse such pooling
     frame_blocks: Callable | None = None
 
-    # --- presets (config.py) ---------------------------------------------------------------------------------
-    # the AdapterConfig dict AdapterConfig.preset(model_type) returns; its rope visual_window (where the model's
-    # visual training window is known) fills in a user's rope spec that leaves the window out
-    preset: Mapping = field(default_factory=dict)
-
     # --- question guidance (hooks/question.py) ---------------------------------------------------------------
-    input_norm: tuple = ()  # (mean, std) of the public checkpoints' processors, used when no processor is given
+    # (mean, std) of the public checkpoints' processors, used when no processor is given (None: a processor is needed)
+    input_norm: tuple | None = None
     # (model, encoder_kwargs, segments) -> [(pixels (n, 3, h, w), rows in the vision tower's batch or None)]: the
-    # frames behind each segment, as the question scorer should see them
+    # frames behind each segment, as the question scorer should see them (None: no question-guided pooling)
     scorer_frames: Callable | None = None
     # attribute of model.model whose hidden states a scorer with the same weights may reuse (None: never)
     scorer_tower: str | None = "vision_tower"
@@ -139,7 +142,6 @@ class VisualFamily:
     video_inputs: Callable | None = None
 
     # --- evaluation (eval/) ----------------------------------------------------------------------------------
-    prompt_placeholder: str = ""  # placeholder text of a prompt without chat template (per frame for "image")
     processor_kwargs: Callable | None = None  # (frames, timestamps, fps) -> extra kwargs for the HF processor
     # (model, inputs) -> position ids of a whole input as the model computes them; None: 1-D positions that
     # follow the cache length

@@ -184,3 +184,19 @@ def test_import_longctx_adapter_is_light():
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "['longctx_adapter']"
+
+
+def test_family_knowledge_reads_without_transformers():
+    """Every family declaration, the registry and the presets load with torch alone (a plugin running under another
+    transformers release can read them)."""
+    script = (
+        "import sys\n"
+        "from longctx_adapter.config import AdapterConfig, known_visual_window\n"
+        "from longctx_adapter.registry import family_for, supported_models\n"
+        "for t in supported_models():\n"
+        "    family_for(t); AdapterConfig.preset(t); known_visual_window(t)\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('transformers', 'accelerate')))"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"

@@ -80,9 +80,19 @@ class Guidance:
                 "apply_adapter(model, config, scorer=Scorer(clip_model, clip_tokenizer)) (or a local CLIP/SigLIP "
                 "checkpoint path), or name one in the stage as 'scorer': '<registered name or path>'"
             )
+        if family.scorer_frames is None:
+            raise AdapterError(
+                f"question-guided pooling does not know how {model.config.model_type!r} lays out its frames; use "
+                "stages without a question scorer for this model"
+            )
         self.scorer: Scorer = resolve_scorer(spec)
         self.tokenizer, norm = _split_processor(tokenizer)
         self.input_norm = norm or family.input_norm
+        if self.input_norm is None:
+            raise AdapterError(
+                f"question-guided pooling needs the pixel normalization of {model.config.model_type!r} inputs; pass "
+                "the model's processor as tokenizer= to apply_adapter"
+            )
         self.frame_level = any(getattr(s, "score", None) == "global" for s in stages)
         self.placeholders = {
             int(v)

@@ -323,20 +323,9 @@ def real_config(name: str, layers: int | None = None, vision_layers: int | None 
         if key in vision:
             vision[key] = [i for i in vision[key] if i < depth]
     top = copy.deepcopy(spec.top)
-    if spec.model_type == "llava_onevision":
-        return transformers.LlavaOnevisionConfig(
-            text_config=transformers.Qwen2Config(**text), vision_config=transformers.SiglipVisionConfig(**vision), **top
-        )
-    if spec.model_type == "llava_next_video":
-        return transformers.LlavaNextVideoConfig(
-            text_config=transformers.LlamaConfig(**text), vision_config=transformers.CLIPVisionConfig(**vision), **top
-        )
-    classes = {
-        "qwen2_vl": transformers.Qwen2VLConfig,
-        "qwen2_5_vl": transformers.Qwen2_5_VLConfig,
-        "qwen3_vl": transformers.Qwen3VLConfig,
-    }
-    return classes[spec.model_type](text_config=text, vision_config=vision, **top)
+    # Each top config's default text / vision classes are the checkpoints' (OneVision: Qwen2 + SigLIP; NeXT-Video:
+    # Llama + CLIP; Qwen-VL: its own), so the sub-config dicts need no model_type of their own.
+    return transformers.AutoConfig.for_model(spec.model_type, text_config=text, vision_config=vision, **top)
 
 
 def fill_random_(model, seed: int = 0, std: float = 0.02) -> None:
