@@ -166,7 +166,7 @@ def test_cpu_disk_offload_matches_in_memory_model(checkpoints, tmp_path, model_t
     assert any(p.device.type == "meta" for p in model.parameters())  # really offloaded, loaded per forward
     handle = get_adapter(model)
     # accelerate puts its own dispatching forward on the instance; the adapter wraps it and must give it back
-    (accelerate_forward,) = [prev for obj, name, had, prev in handle._patched if obj is model and name == "forward"]
+    (accelerate_forward,) = [s.previous for s in handle._shadows if s.obj is model and s.name == "forward"]
     assert accelerate_forward is not None
     with torch.no_grad():
         got = model(**inputs).logits
