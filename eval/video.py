@@ -11,6 +11,9 @@ when asked for) and samples frames:
   that instant), then uniformly thinned to ``max_frames`` when there are more;
 - neither: every frame (thinned to ``max_frames``).
 
+``sampling="lmms"`` takes lmms-eval 0.7's rule instead (its ``read_video``, which its built-in video models use):
+see :func:`lmms_sample_indices`. The lmms-eval plugin samples this way so its frames are the built-in models'.
+
 It returns a :class:`VideoClip`: ``frames`` uint8 ``(T, H, W, 3)`` RGB, ``timestamps`` in seconds, the source
 indices, fps and frame count. A missing, empty, truncated or undecodable file raises :class:`VideoDecodeError`
 (an ``AdapterError``, so a ``ValueError``) naming the file and the problem; nothing waits on input that never
@@ -43,6 +46,8 @@ __all__ = [
     "VideoDecodeError",
     "build_prompt",
     "load_processor",
+    "SAMPLING_RULES",
+    "lmms_sample_indices",
     "load_video",
     "sample_indices",
     "video_inputs",
@@ -50,6 +55,8 @@ __all__ = [
 ]
 
 BACKENDS = ("pyav", "decord", "torchcodec")
+#: frame sampling rules of :func:`load_video`: this package's own, and lmms-eval's (:func:`lmms_sample_indices`)
+SAMPLING_RULES = ("round", "lmms")
 
 
 class VideoDecodeError(AdapterError):
@@ -125,6 +132,39 @@ def sample_indices(
     return idx.astype(np.int64)
 
 
+def lmms_sample_indices(
+    total: int,
+    num_frames: int,
+    *,
+    fps: float | None = None,
+    source_fps: float | None = None,
+    force_include_last_frame: bool = False,
+) -> np.ndarray:
+    """lmms-eval 0.7's frame indices (``lmms_eval.models.model_utils.load_video``: ``_compute_sample_count`` and
+    ``_compute_uniform_indices``, the rule of its ``read_video``).
+
+    ``n = min(total, num_frames)`` -- a short video gives every frame once, never repeats -- and with ``fps`` at
+    most ``int(total / source_fps * fps)`` (at least 1); indices ``linspace(0, total - 1, n)`` truncated toward
+    zero (``dtype=int``). ``force_include_last_frame``: when the last frame is not among them, the first ``n - 1``
+    are spread over ``0 .. total - 2`` and the last frame is appended.
+    """
+    if total < 1:
+        raise VideoDecodeError("the video has no frames")
+    if isinstance(num_frames, bool) or int(num_frames) != num_frames or num_frames < 1:
+        raise AdapterError(f"num_frames must be a positive integer, got {num_frames!r}")
+    count = min(total, int(num_frames))
+    if fps is not None:
+        if not fps > 0:
+            raise AdapterError(f"fps must be positive, got {fps!r}")
+        if source_fps:
+            count = min(count, int(total / source_fps * fps))
+    count = max(1, count)
+    idx = np.linspace(0, total - 1, count, dtype=int)
+    if force_include_last_frame and total - 1 not in idx:
+        idx = np.append(np.linspace(0, max(0, total - 2), count - 1, dtype=int), total - 1)
+    return np.unique(idx).astype(np.int64)
+
+
 # ----------------------------------------------------------------------------------------------- decoding
 
 
@@ -148,17 +188,28 @@ def load_video(
     backend: str = "pyav",
     start: float | None = None,
     end: float | None = None,
+    sampling: str = "round",
+    force_include_last_frame: bool = False,
 ) -> VideoClip:
     """Decode ``path`` and sample frames (uniformly ``num_frames``, or at ``fps`` capped at ``max_frames``).
 
     ``start``/``end`` (seconds from the first frame) restrict sampling to that span (MVBench's bounds).
+    ``sampling="lmms"``: lmms-eval's rule (:func:`lmms_sample_indices`): at most ``num_frames`` frames, fewer
+    with ``fps`` (``max_frames`` is not used), ``force_include_last_frame`` as lmms-eval's ``read_video``.
     """
     path = _check_file(path)
     if backend not in BACKENDS:
         raise AdapterError(f"unknown video backend {backend!r}; use one of {list(BACKENDS)}")
+    if sampling not in SAMPLING_RULES:
+        raise AdapterError(f"unknown sampling {sampling!r}; use one of {list(SAMPLING_RULES)}")
+    if sampling == "lmms" and (num_frames is None or max_frames is not None):
+        raise AdapterError("sampling='lmms' takes num_frames (the most frames, as lmms-eval's num_frm), not max_frames")
+    if force_include_last_frame and sampling != "lmms":
+        raise AdapterError("force_include_last_frame is part of sampling='lmms'")
     reader = {"pyav": _load_pyav, "decord": _load_decord, "torchcodec": _load_torchcodec}[backend]
+    sampler = FrameSampler(num_frames, fps, max_frames, start, end, sampling, force_include_last_frame)
     try:
-        clip = reader(path, FrameSampler(num_frames, fps, max_frames, start, end))
+        clip = reader(path, sampler)
     except (VideoDecodeError, AdapterError):
         raise
     except ImportError as exc:
@@ -174,10 +225,11 @@ def load_video(
 class FrameSampler:
     """A sampling request (count or rate, cap, span in seconds), applied to a list of frame times."""
 
-    def __init__(self, num_frames, fps, max_frames, start, end):
+    def __init__(self, num_frames, fps, max_frames, start, end, rule="round", force_last=False):
         self.num_frames, self.fps, self.max_frames, self.start, self.end = num_frames, fps, max_frames, start, end
+        self.rule, self.force_last = rule, force_last
 
-    def __call__(self, times: np.ndarray) -> np.ndarray:
+    def __call__(self, times: np.ndarray, rate: float | None = None) -> np.ndarray:
         lo, hi = 0, len(times)
         if self.start is not None:
             lo = int(np.searchsorted(times, float(self.start), side="left"))
@@ -185,6 +237,9 @@ class FrameSampler:
             hi = int(np.searchsorted(times, float(self.end), side="right"))
         lo = min(lo, len(times) - 1)
         hi = min(max(hi, lo + 1), len(times))
+        if self.rule == "lmms":
+            return lo + lmms_sample_indices(hi - lo, self.num_frames, fps=self.fps, source_fps=rate,
+                                            force_include_last_frame=self.force_last)
         picked = sample_indices(hi - lo, self.num_frames, fps=self.fps, times=times[lo:hi], max_frames=self.max_frames)
         return lo + picked
 
@@ -223,7 +278,7 @@ def _load_pyav(path, sampler) -> VideoClip:
         pts = sorted(set(pts))
         seconds = np.array([(p - pts[0]) * base for p in pts], dtype=np.float64) if base else None
         times = seconds if seconds is not None else np.arange(len(pts)) / (rate or 1.0)
-        indices = sampler(times)
+        indices = sampler(times, rate)
         wanted: dict[int, list[int]] = {}
         for out_pos, i in enumerate(indices.tolist()):
             wanted.setdefault(pts[i], []).append(out_pos)
@@ -271,7 +326,7 @@ def _load_decord(path, sampler) -> VideoClip:
         raise VideoDecodeError(f"{path} holds no video frames")
     rate = float(reader.get_avg_fps()) or None
     times = reader.get_frame_timestamp(np.arange(total))[:, 0].astype(np.float64)
-    indices = sampler(times)
+    indices = sampler(times, rate)
     frames = reader.get_batch(indices.tolist()).asnumpy()
     return VideoClip(frames, times[indices], indices, total, rate)
 
@@ -296,7 +351,7 @@ def _load_torchcodec(path, sampler) -> VideoClip:
         raise VideoDecodeError(f"{path} holds no video frames")
     rate = float(meta.average_fps) if meta.average_fps else None
     times = np.arange(total) / (rate or 1.0)
-    indices = sampler(times)
+    indices = sampler(times, rate)
     batch = decoder.get_frames_at(indices.tolist())
     frames = batch.data.permute(0, 2, 3, 1).contiguous().numpy()
     return VideoClip(frames, np.asarray(batch.pts_seconds, dtype=np.float64), indices, total, rate)

@@ -143,6 +143,7 @@ class VisualFamily:
 
     # --- evaluation (eval/) ----------------------------------------------------------------------------------
     processor_kwargs: Callable | None = None  # (frames, timestamps, fps) -> extra kwargs for the HF processor
+    pixel_budget_args: tuple[str, ...] = ()  # processor arguments that bound a frame's pixels (Qwen-VL's)
     # (model, inputs) -> position ids of a whole input as the model computes them; None: 1-D positions that
     # follow the cache length
     rope_positions: Callable | None = None

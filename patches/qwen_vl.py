@@ -469,6 +469,7 @@ def _family(model_type: str, *, norm, mlp_width, blocks_per_frame=False, positio
         ),
         prompt_placeholder="<|vision_start|><|video_pad|><|vision_end|>",
         processor_kwargs=processor_kwargs,
+        pixel_budget_args=("min_pixels", "max_pixels"),
         rope_positions=rope_positions,
     )
 

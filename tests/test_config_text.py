@@ -4,11 +4,7 @@ model folder with a saved longctx_adapter.json each command uses the saved confi
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
-import sys
-import types
 
 import pytest
 
@@ -178,27 +174,6 @@ def spy(monkeypatch):
         return result
 
     monkeypatch.setattr(config_text, "parse_config", parse)
-
-
-@pytest.fixture
-def plugin(monkeypatch):
-    """The lmms-eval plugin module, with lmms-eval's base class and loguru stubbed where they are not installed."""
-    if importlib.util.find_spec("lmms_eval") is None:
-        api = types.ModuleType("lmms_eval.api.model")
-        api.lmms = type("lmms", (), {"__init__": lambda self: None})
-        for name in ("lmms_eval", "lmms_eval.api"):
-            monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
-        monkeypatch.setitem(sys.modules, "lmms_eval.api.model", api)
-    if importlib.util.find_spec("loguru") is None:
-        loguru = types.ModuleType("loguru")
-        loguru.logger = types.SimpleNamespace(info=print, warning=print, debug=print)
-        monkeypatch.setitem(sys.modules, "loguru", loguru)
-    name = "longctx_adapter.eval.models.longctx_adapter"
-    sys.modules.pop(name, None)
-    try:
-        yield importlib.import_module(name)
-    finally:
-        sys.modules.pop(name, None)
 
 
 def _command(command, form, folders, plugin_module=None, tmp_path=None):
