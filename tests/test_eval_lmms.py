@@ -122,20 +122,26 @@ def qa(tmp_path_factory):
     return root, tasks, docs, _hub_cache(root / "hub")
 
 
-def _env(hub: Path | None = None) -> dict:
+def _env(hub: Path | None = None, plugins_variable: bool = False) -> dict:
+    """lmms-eval finds the model through the package's entry point; the LMMS_EVAL_PLUGINS variable is the older way."""
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false", "LMMS_EVAL_PLUGINS": "longctx_adapter.eval"}
+           "TOKENIZERS_PARALLELISM": "false"}
     env.pop("LMMS_VIDEO_DECODE_BACKEND", None)
+    env.pop("LMMS_EVAL_PLUGINS", None)
+    if plugins_variable:
+        env["LMMS_EVAL_PLUGINS"] = "longctx_adapter.eval"
     if hub is not None:
         env["HF_HUB_CACHE"] = str(hub)
     return env
 
 
-def test_plugin_is_registered():
+@pytest.mark.parametrize("plugins_variable", [False, True])
+def test_plugin_is_registered(plugins_variable):
     code = ("from lmms_eval.models import get_model, AVAILABLE_MODELS; "
             "cls = get_model('longctx_adapter'); print(cls.__module__ + '.' + cls.__name__); "
             "print('longctx_adapter' in AVAILABLE_MODELS)")
-    done = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=300)
+    env = _env(plugins_variable=plugins_variable)
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "longctx_adapter.eval.models.longctx_adapter.LongctxAdapter" in done.stdout
     assert done.stdout.strip().endswith("True")

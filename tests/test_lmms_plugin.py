@@ -238,7 +238,9 @@ def test_loglikelihood_is_the_hf_loss_of_the_continuation_and_the_answer_has_the
     model.task_dict = {"tiny": docs}
     options = answer_words("color")
     requests = [_Request(item.question, f" {o}", lambda doc: [doc["video"]], 0, "tiny", "test") for o in options]
-    losses = [float(r[0]) for r in model.loglikelihood(requests)]
+    answers = [getattr(r, "text", r) for r in model.loglikelihood(requests)]  # lmms-eval 0.7.3 wraps the pairs
+    assert all(isinstance(greedy, bool) for _, greedy in answers)
+    losses = [float(loss) for loss, _ in answers]
     # reference: the model's own loss (labels on the continuation only), inputs built by the HF processor
     processor = AutoProcessor.from_pretrained(TRAINED)
     frames = load_video(video, 8).frames
@@ -253,4 +255,53 @@ def test_loglikelihood_is_the_hf_loss_of_the_continuation_and_the_answer_has_the
             reference = model.model(**inputs, labels=labels).loss
         assert loss == pytest.approx(float(reference), rel=1e-4, abs=1e-5), option
     assert options[int(np.argmin(losses))] == item.answer  # lmms-eval's pred = argmin
+    assert [greedy for _, greedy in answers] == [option == item.answer for option in options]  # one-token options
     assert min(losses) >= 0
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Frames: lmms-eval's rule (tests/test_eval_lmms.py checks it index for index against lmms-eval's own reader).
+
+
+def test_lmms_sampling_rule_by_hand():
+    from longctx_adapter.eval.video import lmms_sample_indices, sample_indices
+
+    assert lmms_sample_indices(10, 6).tolist() == [0, 1, 3, 5, 7, 9]  # linspace 0, 1.8, 3.6, ... truncated
+    assert sample_indices(10, 6).tolist() == [0, 2, 4, 5, 7, 9]  # the package's own rule rounds
+    assert lmms_sample_indices(5, 8).tolist() == [0, 1, 2, 3, 4]  # a short video: every frame once
+    assert sample_indices(5, 8).shape == (8,)
+    # fps: at most int(100 frames / 10 fps * 0.5) = 5 frames, then the same spread
+    assert lmms_sample_indices(100, 32, fps=0.5, source_fps=10).tolist() == [0, 24, 49, 74, 99]
+    assert lmms_sample_indices(100, 3, fps=0.5, source_fps=10).tolist() == [0, 49, 99]
+    assert lmms_sample_indices(100, 4, fps=0.01, source_fps=10).tolist() == [0]  # never fewer than one
+    assert lmms_sample_indices(10, 1).tolist() == [0]
+    assert lmms_sample_indices(10, 1, force_include_last_frame=True).tolist() == [9]
+    assert lmms_sample_indices(10, 6, force_include_last_frame=True).tolist() == [0, 1, 3, 5, 7, 9]
+    with pytest.raises(AdapterError, match="num_frames must be a positive integer"):
+        lmms_sample_indices(10, 0)
+
+
+def test_load_video_lmms_mode_leaves_the_default_rule_alone(tmp_path):
+    from longctx_adapter.testing.tiny import synthetic_video
+
+    video = write_video(tmp_path / "five.mp4", synthetic_video(5, 32, 32, seed=3), fps=4)
+    lmms = load_video(video, 8, sampling="lmms")
+    assert lmms.indices.tolist() == [0, 1, 2, 3, 4]
+    assert np.array_equal(lmms.frames, load_video(video, 5).frames)
+    assert load_video(video, 8).indices.shape == (8,)  # the default rule is unchanged
+    for kwargs, message in (({"sampling": "nearest"}, "unknown sampling 'nearest'"),
+                            ({"sampling": "lmms", "max_frames": 4}, "takes num_frames"),
+                            ({"force_include_last_frame": True}, "part of sampling='lmms'")):
+        with pytest.raises(AdapterError, match=message):
+            load_video(video, 8, **kwargs)
+
+
+def test_plugin_samples_by_lmms_evals_rule_unless_asked(plugin, tmp_path):
+    from longctx_adapter.testing.tiny import synthetic_video
+
+    video = write_video(tmp_path / "five.mp4", synthetic_video(5, 28, 28, seed=3), fps=4)
+    for sampling, indices in ((None, [0, 1, 2, 3, 4]), ("round", [0, 1, 1, 2, 2, 3, 3, 4])):
+        extra = {} if sampling is None else {"frame_sampling": sampling}
+        model = plugin.LongctxAdapter(pretrained=TRAINED, device="cpu", adapter="none", max_frames_num=8, **extra)
+        model._inputs("what color is the square ?", [video])
+        assert model.last_clip.indices.tolist() == indices
