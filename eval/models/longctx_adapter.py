@@ -190,7 +190,8 @@ def validate_model_args(given: dict) -> dict:
         raise AdapterError("model argument pretrained= is required: a local model folder or a Hugging Face hub id")
     args = {name: (check(name, given[name]) if name in given else default) for name, (check, default) in MODEL_ARGS.items()}
     if args["video_backend"] is None:
-        args["video_backend"] = _backend(BACKEND_ENV, os.environ[BACKEND_ENV]) if os.environ.get(BACKEND_ENV) else "pyav"
+        from_env = os.environ.get(BACKEND_ENV)  # lmms-eval's own default backend, else PyAV (checked as given ones)
+        args["video_backend"] = _backend(BACKEND_ENV, from_env) if from_env else _backend("video_backend", "pyav")
     if args["force_include_last_frame"] and args["frame_sampling"] != "lmms":
         raise AdapterError("model argument force_include_last_frame=true belongs to frame_sampling=lmms")
     low, high = args["min_pixels"], args["max_pixels"]
