@@ -279,8 +279,8 @@ class LongctxAdapter(lmms):
         from transformers import AutoConfig
 
         from longctx_adapter import apply_adapter, supported_models
-        from longctx_adapter.registry import family_for
         from longctx_adapter.config_text import ADAPTER_CONFIG_NAME, parse_config, saved_config_path
+        from longctx_adapter.registry import family_for
 
         args = validate_model_args(model_args)
         self.args = args
