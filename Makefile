@@ -5,7 +5,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-compat test-lmms test-vllm bench-vllm bench lint clean train-tiny measure-tiny
+.PHONY: venv demo test test-compat test-lmms test-vllm bench-vllm bench lint clean train-tiny measure-tiny train-tiny-vcwe measure-tiny-vcwe
 
 # test-compat: the suite against the OLDEST supported transformers (the floor of pyproject's range) in a second venv.
 COMPAT_VENV ?= .venv-compat
@@ -53,6 +53,19 @@ train-tiny: $(STAMP)
 # (not part of make test; ~10-15 min on 2 cores). Writes docs/tiny_extrapolation.{json,md,png}.
 measure-tiny: $(STAMP)
 	$(PY) -m longctx_adapter.eval.measure_tiny
+
+# train-tiny-vcwe: the visual-window experiment's models (docs/evidence.md): the same video tasks at 4-8 frames plus
+# text-only items up to 672 tokens, three seeds into out/tiny_vcwe/seed<N>, seed 0 also copied into the package
+# (longctx_adapter/models/tiny_video_lm_vcwe). CPU, fixed seeds, one torch thread; ~15-30 min per seed on 2 cores.
+VCWE_SEEDS ?= 0 1 2
+train-tiny-vcwe: $(STAMP)
+	$(PY) -m longctx_adapter.eval.train_tiny_vcwe --seeds $(VCWE_SEEDS) --ship
+
+# measure-tiny-vcwe: sanity rows and rows (a)-(g) at 1x-8x on validation and test streams for every seed, paired
+# statistics, the verdict and the default chosen on validation (not part of make test; ~15-25 min per seed).
+# Writes docs/evidence.json, docs/evidence_results.md, docs/evidence_*.png and the shipped model's longctx_adapter.json.
+measure-tiny-vcwe: $(STAMP)
+	$(PY) -m longctx_adapter.eval.measure_tiny_vcwe --seeds $(VCWE_SEEDS) --write-preset
 
 # test-lmms: the lmms-eval plugin with the real lmms-eval (its unit tests, then end to end through lmms-eval's command
 # line) in its own venv, lmms-eval being heavy.
