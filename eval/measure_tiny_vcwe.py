@@ -110,17 +110,17 @@ def _bits(flags) -> str:
 
 
 @torch.no_grad()
-def score(model, tokenizer, items, inputs_fn, batch: int, check_eos: bool = False) -> dict:
+def score(model, tokenizer, items, inputs_fn, batch: int, check_eos: bool = False, prepared=None) -> dict:
     """Outcome string (one 0/1 per item), predicted-word counts, adapter stats, and (optionally) how often greedy
-    decoding gives exactly ``answer </s>``."""
+    decoding gives exactly ``answer </s>``. ``prepared``: the chunks' inputs, built once and shared by every row."""
     from longctx_adapter import get_adapter
 
     correct, predicted, eos = [], [], []
     stats = {}
     handle = get_adapter(model)
-    for start in range(0, len(items), batch):
+    for number, start in enumerate(range(0, len(items), batch)):
         chunk = items[start : start + batch]
-        inputs = inputs_fn(chunk, tokenizer)
+        inputs = dict(prepared[number]) if prepared is not None else inputs_fn(chunk, tokenizer)
         logits = model(**inputs, logits_to_keep=1).logits[:, -1]
         pred = logits.argmax(-1)
         words = tokenizer.convert_ids_to_tokens(pred.tolist())
@@ -144,8 +144,17 @@ def score(model, tokenizer, items, inputs_fn, batch: int, check_eos: bool = Fals
     return out
 
 
-def measure_seed(model, tokenizer, items: int, rows, multiples, streams, text_lengths, batch: int, log=print) -> dict:
-    """Every cell of one model: sanity (text lengths, video at 8 frames with EOS) and rows x multiples x streams."""
+def prepare(items, batch: int, tokenizer) -> list[dict]:
+    """The model inputs of ``items`` in chunks of ``batch`` (video preprocessing is done once, not once per row)."""
+    return [batch_inputs(items[start : start + batch], tokenizer) for start in range(0, len(items), batch)]
+
+
+def measure_seed(
+    model, tokenizer, items: int, rows, multiples, streams, text_lengths, batch: int, log=print,
+    validation_items: int | None = None,
+) -> dict:  # fmt: skip
+    """Every cell of one model: sanity (text lengths, video at 8 frames with EOS) and rows x multiples x streams
+    (``validation_items`` per task and cell on the validation stream, default ``items``)."""
     from longctx_adapter import apply_adapter
 
     result = {"text": {}, "video": {s: {r: {} for r in rows} for s in streams}, "sanity_video": {}}
@@ -164,18 +173,23 @@ def measure_seed(model, tokenizer, items: int, rows, multiples, streams, text_le
     for stream in streams:
         for m in multiples:
             frames = TRAIN_FRAMES * m
-            task_items = {t: [make_item(t, frames, STREAMS[stream], i) for i in range(items)] for t in TASKS}
+            n = items if stream != "validation" or validation_items is None else validation_items
+            task_items = {t: [make_item(t, frames, STREAMS[stream], i) for i in range(n)] for t in TASKS}
+            prepared = {t: prepare(task_items[t], batch, tokenizer) for t in TASKS}
             for row in rows:
                 spec = ROWS[row][2]
                 t0 = time.perf_counter()
                 handle = apply_adapter(model, spec) if spec is not None else None
                 try:
-                    cells = {t: score(model, tokenizer, task_items[t], batch_inputs, batch) for t in TASKS}
+                    cells = {
+                        t: score(model, tokenizer, task_items[t], batch_inputs, batch, prepared=prepared[t])
+                        for t in TASKS
+                    }
                 finally:
                     if handle is not None:
                         handle.remove()
                 result["video"][stream][row][str(m)] = cells
-                accs = " ".join(f"{t}={cells[t]['correct'].count('1') / items:.2f}" for t in TASKS)
+                accs = " ".join(f"{t}={cells[t]['correct'].count('1') / n:.2f}" for t in TASKS)
                 log(
                     f"{stream:10s} {frames:3d} fr ({m}x) ({row}) {ROWS[row][0]:32s} {accs} ({time.perf_counter() - t0:.0f}s)"
                 )
@@ -465,7 +479,8 @@ def markdown(summary: dict, items: int) -> str:
             f"{'yes' if s['stock_4x_clearly_below_1x'] else 'no'} | {100 * cb['diff']:+.1f} | {_p(cb['p'])} | "
             f"{'yes' if s['c_beats_b_clearly'] else 'no'} |"
         )
-    out.append(f"\n**Outcome: {v['outcome']}.**\n")
+    decided = v["outcome"] if v["outcome"] != "inconclusive" else f"not decided with {len(v['per_seed'])} seed(s)"
+    out.append(f"\n**Outcome: {decided}.**\n")
     ch = summary["chosen"]
     out.append("## Default chosen on the validation stream\n")
     out.append(f"Rule: {ch['rule']}\n")
@@ -479,7 +494,8 @@ def markdown(summary: dict, items: int) -> str:
             + " | ".join(_pct(t[m]) for m in multiples)
             + f" | {'yes' if r in ch['eligible'] else 'no'} |"
         )
-    out.append(f"\nValidation accuracy pooled over the seeds ({3 * items * len(seeds)} items per cell).\n")
+    n_val = summary.get("validation_items_per_task", items)
+    out.append(f"\nValidation accuracy pooled over the seeds ({3 * n_val * len(seeds)} items per cell).\n")
     out.append("## Recovery at 8x on the test stream\n")
     out.append(
         "Share of the accuracy stock loses between 1x and 8x that a row wins back: (row - stock) / (stock 1x - stock 8x).\n"
@@ -613,6 +629,9 @@ def main(argv=None) -> int:
     p.add_argument("--models", default=DEFAULT_OUT, help="folder with seed<N>/ model folders (default out/tiny_vcwe)")
     p.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     p.add_argument("--items", type=int, default=150, help="items per task and cell (default 150)")
+    p.add_argument(
+        "--validation-items", type=int, default=None, help="items per task and cell on the validation stream (default --items)"
+    )
     p.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
     p.add_argument("--multiples", nargs="+", type=int, default=list(MULTIPLES))
     p.add_argument("--text-lengths", nargs="+", type=int, default=list(TEXT_LENGTHS))
@@ -640,9 +659,10 @@ def main(argv=None) -> int:
         print(f"--- seed {seed}", flush=True)
         raw = measure_seed(
             model, tokenizer, args.items, args.rows, args.multiples, list(STREAMS),
-            args.text_lengths, args.batch, log=lambda s: print(s, flush=True),
+            args.text_lengths, args.batch, log=lambda s: print(s, flush=True), validation_items=args.validation_items,
         )  # fmt: skip
         raw["items"] = args.items
+        raw["validation_items"] = args.validation_items or args.items
         with open(os.path.join(seed_dir(args.models, seed), "train_summary.json")) as f:
             raw["train_seconds"] = json.load(f)["train_seconds"]
         with open(raw_path, "w") as f:
@@ -651,6 +671,7 @@ def main(argv=None) -> int:
     items = next(iter(raws.values()))["items"]
     summary = analyze(raws, tuple(args.rows))
     summary["items_per_task"] = items
+    summary["validation_items_per_task"] = next(iter(raws.values())).get("validation_items", items)
     summary["train_seconds"] = {str(s): r.get("train_seconds") for s, r in raws.items()}
     table = markdown(summary, items)
     print(table)

@@ -259,3 +259,24 @@ def test_text_curriculum_grows_from_the_shortest_to_the_longest_text_after_the_v
     assert all(a <= b for a, b in zip(ceilings[200:], ceilings[201:]))  # never shrinks
     flat = tv.parse_args(["--curriculum", "0"])
     assert tv.text_ceiling(flat, 0) == flat.max_words
+
+
+def test_inputs_prepared_once_score_like_inputs_built_per_row():
+    """The measurement builds each chunk's video inputs once and reuses them for every row: same outcomes."""
+    from longctx_adapter import apply_adapter
+    from longctx_adapter.eval import train_tiny_vcwe as tv
+
+    tok = tiny_tokenizer()
+    model = tv.build_model(1).eval()
+    items = [make_item(t, 6, 3, i) for t in TASKS for i in range(2)]
+    prepared = mv.prepare(items, 4, tok)
+    assert len(prepared) == 2
+    for spec in (None, {"pooling": None, "rope": {"type": "yarn", "visual_window": 49, "scope": "all"}}):
+        handle = apply_adapter(model, spec) if spec else None
+        try:
+            fresh = mv.score(model, tok, items, batch_inputs, 4)
+            reused = mv.score(model, tok, items, batch_inputs, 4, prepared=prepared)
+        finally:
+            if handle is not None:
+                handle.remove()
+        assert fresh == reused and len(fresh["correct"]) == len(items)
