@@ -151,26 +151,25 @@ def prepare(items, batch: int, tokenizer) -> list[dict]:
 
 def measure_seed(
     model, tokenizer, items: int, rows, multiples, streams, text_lengths, batch: int, log=print,
-    validation_items: int | None = None,
+    validation_items: int | None = None, checkpoint=None,
 ) -> dict:  # fmt: skip
     """Every cell of one model: sanity (text lengths, video at 8 frames with EOS) and rows x multiples x streams
-    (``validation_items`` per task and cell on the validation stream, default ``items``)."""
+    (``validation_items`` per task and cell on the validation stream, default ``items``).
+
+    The test stream comes first, in the order the multiples are given, then the sanity cells, then validation;
+    ``checkpoint(result)`` is called after every cell so that an interrupted run keeps what it measured."""
     from longctx_adapter import apply_adapter
 
     result = {"text": {}, "video": {s: {r: {} for r in rows} for s in streams}, "sanity_video": {}}
     test = STREAMS["test"]
     start = time.perf_counter()
-    for words in text_lengths:
-        cells = {}
-        for task in TASKS:
-            its = [make_text_item(task, words, test, i) for i in range(items)]
-            cells[task] = score(model, tokenizer, its, text_batch_inputs, batch, check_eos=words <= MAX_WORDS)
-        result["text"][str(words)] = cells
-        log(f"text {words:5d} words: " + " ".join(f"{t}={cells[t]['correct'].count('1') / items:.2f}" for t in TASKS))
-    for task in TASKS:
-        its = [make_item(task, TRAIN_FRAMES, test, i) for i in range(items)]
-        result["sanity_video"][task] = score(model, tokenizer, its, batch_inputs, batch, check_eos=True)
-    for stream in streams:
+
+    def save():
+        result["seconds"] = time.perf_counter() - start
+        if checkpoint is not None:
+            checkpoint(result)
+
+    def rows_on(stream: str) -> None:
         for m in multiples:
             frames = TRAIN_FRAMES * m
             n = items if stream != "validation" or validation_items is None else validation_items
@@ -193,7 +192,31 @@ def measure_seed(
                 log(
                     f"{stream:10s} {frames:3d} fr ({m}x) ({row}) {ROWS[row][0]:32s} {accs} ({time.perf_counter() - t0:.0f}s)"
                 )
-    result["seconds"] = time.perf_counter() - start
+                save()
+
+    ordered = sorted(streams, key=lambda s: s != "test")
+    if ordered and ordered[0] == "test":
+        rows_on("test")
+    for words in text_lengths:
+        cells = {}
+        for task in TASKS:
+            its = [make_text_item(task, words, test, i) for i in range(items)]
+            cells[task] = score(model, tokenizer, its, text_batch_inputs, batch, check_eos=words <= MAX_WORDS)
+        result["text"][str(words)] = cells
+        log(f"text {words:5d} words: " + " ".join(f"{t}={cells[t]['correct'].count('1') / items:.2f}" for t in TASKS))
+        save()
+    for task in TASKS:
+        its = [make_item(task, TRAIN_FRAMES, test, i) for i in range(items)]
+        result["sanity_video"][task] = score(model, tokenizer, its, batch_inputs, batch, check_eos=True)
+    save()
+    for stream in ordered:
+        if stream != "test":
+            rows_on(stream)
+    for per_row in result["video"].values():  # tables read the multiples in increasing order
+        for row in per_row:
+            per_row[row] = dict(sorted(per_row[row].items(), key=lambda kv: int(kv[0])))
+    result["text"] = dict(sorted(result["text"].items(), key=lambda kv: int(kv[0])))
+    save()
     return result
 
 
@@ -624,6 +647,12 @@ def write_preset(summary: dict, folder: str = SHIPPED_DIR) -> str | None:
     return path
 
 
+def _dump(obj, path: str) -> None:
+    with open(path + ".tmp", "w") as f:
+        json.dump(obj, f)
+    os.replace(path + ".tmp", path)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default=DEFAULT_OUT, help="folder with seed<N>/ model folders (default out/tiny_vcwe)")
@@ -660,6 +689,7 @@ def main(argv=None) -> int:
         raw = measure_seed(
             model, tokenizer, args.items, args.rows, args.multiples, list(STREAMS),
             args.text_lengths, args.batch, log=lambda s: print(s, flush=True), validation_items=args.validation_items,
+            checkpoint=lambda partial, path=raw_path + ".partial": _dump(partial, path),
         )  # fmt: skip
         raw["items"] = args.items
         raw["validation_items"] = args.validation_items or args.items

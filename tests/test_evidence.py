@@ -263,8 +263,9 @@ def test_text_curriculum_grows_from_the_shortest_to_the_longest_text_after_the_v
 
 def test_inputs_prepared_once_score_like_inputs_built_per_row():
     """The measurement builds each chunk's video inputs once and reuses them for every row: same outcomes."""
-    from longctx_adapter import apply_adapter
     from longctx_adapter.eval import train_tiny_vcwe as tv
+
+    from longctx_adapter import apply_adapter
 
     tok = tiny_tokenizer()
     model = tv.build_model(1).eval()
