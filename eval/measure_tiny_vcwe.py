@@ -255,6 +255,15 @@ def paired(raw: dict, stream: str, row: str, other: str, m: str) -> dict:
 def choose_default(raws: dict, rows) -> dict:
     """The row with the best validation accuracy at 8x (pooled over seeds) among those that lose at most
     IN_WINDOW_TOLERANCE against stock at 1x (a default must not hurt inputs the model was trained on)."""
+    complete = {
+        s: raw
+        for s, raw in raws.items()
+        if all(set(raw["video"]["validation"][r]) == set(raw["video"]["test"][r]) for r in rows)
+    }
+    if not complete:
+        raise SystemExit("no seed has a complete validation stream: cannot choose a default")
+    skipped = sorted(set(raws) - set(complete))
+    raws = complete
     top = str(max(int(m) for m in next(iter(raws.values()))["video"]["validation"]["a"]))
 
     def acc(row, m):
@@ -273,6 +282,8 @@ def choose_default(raws: dict, rows) -> dict:
         "validation": table,
         "eligible": eligible,
         "at": top,
+        "seeds": sorted(raws),
+        "seeds_without_validation": skipped,
     }
 
 
@@ -371,7 +382,9 @@ def analyze(raws: dict, rows=tuple(ROWS)) -> dict:
         "visual_window": VISUAL_WINDOW,
         "language_window": LANGUAGE_WINDOW,
         "streams": STREAMS,
-        "sanity": {seed: sanity(raw) for seed, raw in raws.items()},
+        "sanity": {
+            seed: sanity(raw) for seed, raw in raws.items() if raw["sanity_video"] and str(MAX_WORDS) in raw["text"]
+        },
         "test": {
             seed: {r: {m: pooled(c) for m, c in raw["video"]["test"][r].items()} for r in rows}
             for seed, raw in raws.items()
@@ -425,10 +438,13 @@ def markdown(summary: dict, items: int) -> str:
     )
     out.append("|---" * (7 + len(text_lengths)) + "|")
     for seed in seeds:
+        if seed not in summary["sanity"]:
+            out.append(f"| {seed} | not measured (interrupted run) |" + " |" * (5 + len(text_lengths)))
+            continue
         s = summary["sanity"][seed]
         out.append(
             f"| {seed} | {_cell(s['video_8_frames'])} | {_pct(s['video_answer_then_eos'])} | "
-            + " | ".join(_cell(s["text"][w]) for w in text_lengths)
+            + " | ".join(_cell(s["text"][w]) if w in s["text"] else "not measured" for w in text_lengths)
             + f" | {_pct(s['text_answer_then_eos_at_longest'])} | {'yes' if s['video_ok'] else 'NO'} | "
             f"{'yes' if s['text_ok'] else 'NO'} | {'yes' if s['text_falls_beyond'] else 'NO'} |"
         )
@@ -518,7 +534,11 @@ def markdown(summary: dict, items: int) -> str:
             + f" | {'yes' if r in ch['eligible'] else 'no'} |"
         )
     n_val = summary.get("validation_items_per_task", items)
-    out.append(f"\nValidation accuracy pooled over the seeds ({3 * n_val * len(seeds)} items per cell).\n")
+    val_seeds = ch.get("seeds", seeds)
+    out.append(
+        f"\nValidation accuracy pooled over seed(s) {', '.join(map(str, val_seeds))} ({3 * n_val * len(val_seeds)} "
+        "items per cell).\n"
+    )
     out.append("## Recovery at 8x on the test stream\n")
     out.append(
         "Share of the accuracy stock loses between 1x and 8x that a row wins back: (row - stock) / (stock 1x - stock 8x).\n"
@@ -565,7 +585,7 @@ def plot(summary: dict, path: str) -> None:
                 color="black" if stock else palette[i % 10], label=f"({r}) {summary['rows'][r]['name']}",
                 zorder=3 if stock else 2,
             )  # fmt: skip
-        text = summary["sanity"][seed]["text"]
+        text = summary["sanity"].get(seed, {}).get("text", {})
         tm = [(int(w) / VISUAL_WINDOW, text[w]) for w in text if int(w) >= VISUAL_WINDOW]
         ax.errorbar(
             [x for x, _ in tm], [c["acc"] for _, c in tm],
@@ -681,8 +701,13 @@ def main(argv=None) -> int:
     for seed in args.seeds:
         raw_path = os.path.join(args.raw_dir, f"seed{seed}.json")
         if args.analyze_only:
-            with open(raw_path) as f:
+            partial = not os.path.isfile(raw_path)  # an interrupted run: the cells it finished
+            with open(raw_path + ".partial" if partial else raw_path) as f:
                 raws[seed] = json.load(f)
+            if partial:
+                n_val = args.validation_items or args.items
+                raws[seed].update(partial=True, items=args.items, validation_items=n_val)
+                print(f"seed {seed}: interrupted run, using the cells it finished")
             continue
         model, tokenizer = load_model(seed_dir(args.models, seed))
         print(f"--- seed {seed}", flush=True)

@@ -281,3 +281,14 @@ def test_inputs_prepared_once_score_like_inputs_built_per_row():
             if handle is not None:
                 handle.remove()
         assert fresh == reused and len(fresh["correct"]) == len(items)
+
+
+def test_default_is_chosen_on_the_seeds_whose_validation_stream_is_complete():
+    table = _table(a=(1.0, 0.5, 0.5, 0.3), c=(1.0, 0.6, 0.6, 0.6))
+    full = _raw(table)
+    cut = _raw(table)
+    cut["video"]["validation"] = {r: {} for r in table}  # an interrupted run: test stream only
+    chosen = mv.choose_default({"0": full, "1": cut}, ("a", "c"))
+    assert chosen["row"] == "c" and chosen["seeds"] == ["0"] and chosen["seeds_without_validation"] == ["1"]
+    with pytest.raises(SystemExit, match="no seed has a complete validation stream"):
+        mv.choose_default({"1": cut}, ("a", "c"))
