@@ -55,17 +55,18 @@ measure-tiny: $(STAMP)
 	$(PY) -m longctx_adapter.eval.measure_tiny
 
 # train-tiny-vcwe: the visual-window experiment's models (docs/evidence.md): the same video tasks at 4-8 frames plus
-# text-only items up to 672 tokens, three seeds into out/tiny_vcwe/seed<N>, seed 0 also copied into the package
-# (longctx_adapter/models/tiny_video_lm_vcwe). CPU, fixed seeds, one torch thread; ~15-30 min per seed on 2 cores.
+# text-only items up to 672 tokens, one model per seed into out/tiny_vcwe/seed<N>. CPU, fixed seeds, one torch
+# thread; ~40 min per seed on a quiet 2-core machine (5,000 steps). Not part of make test.
 VCWE_SEEDS ?= 0 1 2
 train-tiny-vcwe: $(STAMP)
-	$(PY) -m longctx_adapter.eval.train_tiny_vcwe --seeds $(VCWE_SEEDS) --ship
+	$(PY) -m longctx_adapter.eval.train_tiny_vcwe --seeds $(VCWE_SEEDS)
 
-# measure-tiny-vcwe: sanity rows and rows (a)-(g) at 1x-8x on validation and test streams for every seed, paired
-# statistics, the verdict and the default chosen on validation (not part of make test; ~15-25 min per seed).
-# Writes docs/evidence.json, docs/evidence_results.md, docs/evidence_*.png and the shipped model's longctx_adapter.json.
+# measure-tiny-vcwe: sanity cells and rows (a)-(g) at 1x-8x for every seed in out/tiny_vcwe (150 test items per task
+# and cell, 50 validation items), paired statistics, the verdict and the default chosen on validation (not part of
+# make test; ~30 min per seed on a busy 2-core machine). Writes docs/evidence.json, docs/evidence_results.md and
+# docs/evidence_*.png; raw outcomes go to out/evidence/seed<N>.json.
 measure-tiny-vcwe: $(STAMP)
-	$(PY) -m longctx_adapter.eval.measure_tiny_vcwe --seeds $(VCWE_SEEDS) --write-preset
+	$(PY) -m longctx_adapter.eval.measure_tiny_vcwe --seeds $(VCWE_SEEDS) --validation-items 50
 
 # test-lmms: the lmms-eval plugin with the real lmms-eval (its unit tests, then end to end through lmms-eval's command
 # line) in its own venv, lmms-eval being heavy.

@@ -605,7 +605,7 @@ def plot(summary: dict, path: str) -> None:
     axes[0][0].set_ylabel("test accuracy, 3 tasks (Wilson 95 %)")
     axes[0][-1].legend(fontsize=7, loc="lower left")
     fig.suptitle(
-        "Tiny LLaVA-OneVision trained on 4-8 frame videos (129 visual tokens) and text up to 672 tokens", fontsize=11
+        "Tiny LLaVA-OneVision trained on 4-8 frame videos (129 visual tokens)\nand text up to 672 tokens", fontsize=10
     )
     fig.tight_layout()
     fig.savefig(path, dpi=100)
