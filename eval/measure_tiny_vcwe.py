@@ -5,7 +5,7 @@
     python -m longctx_adapter.eval.measure_tiny_vcwe --analyze-only   # re-write docs from out/evidence/seed*.json
 
 Models: ``out/tiny_vcwe/seed{0,1,2}`` from ``make train-tiny-vcwe`` (videos of 4-8 frames = 129 visual tokens, text
-items of 64-664 words = 672-token prompts). For every seed the script scores
+items of 8-664 words = prompts up to 672 tokens). For every seed the script scores
 
 - **sanity** (stock model): video items at 8 frames, text items from 64 words to twice the language window;
 - **rows (a)-(g)** (:data:`ROWS`) on video items at 1x, 2x, 4x and 8x the longest training video (8-64 frames,
