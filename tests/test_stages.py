@@ -68,11 +68,25 @@ EXAMPLES = [
       "scorer": None}, "select_frames:4,2"),  # fmt: skip
     ({"type": "select_frames", "segments": 2, "per_segment": 1, "score": "global", "positions": "repacked",
       "scorer": None}, None),  # fmt: skip
+    ({"type": "merge_temporal", "threshold": 0.8, "ratio": None, "max_tokens": None, "positions": "kept"},
+     "merge_temporal:0.8"),  # fmt: skip
+    ({"type": "merge_temporal", "threshold": None, "ratio": 0.1, "max_tokens": None, "positions": "kept"},
+     "merge_temporal:10%"),  # fmt: skip
+    ({"type": "merge_temporal", "threshold": 0.95, "ratio": 0.25, "max_tokens": None, "positions": "kept"},
+     "merge_temporal:0.95/25%"),  # fmt: skip
+    ({"type": "merge_temporal", "threshold": None, "ratio": None, "max_tokens": 40, "positions": "mean"}, None),
+    ({"type": "segment_density", "ratio": 0.1, "max_tokens": None, "segments": 8, "cut_similarity": 0.9,
+      "anchor_step": 4, "neighbors": 4, "positions": "kept"}, "segment_density:10%"),  # fmt: skip
+    ({"type": "segment_density", "ratio": None, "max_tokens": 12, "segments": 3, "cut_similarity": 0.5,
+      "anchor_step": 2, "neighbors": 7, "positions": "mean"}, None),  # fmt: skip
 ]
 
 
-def test_registry_holds_the_six_shipped_stages():
-    assert set(STAGE_TYPES) == {"progressive", "temporal", "adaptive3d", "conv3d", "prompt_guided", "select_frames"}
+def test_registry_holds_the_shipped_stages():
+    assert set(STAGE_TYPES) == {
+        "progressive", "temporal", "adaptive3d", "conv3d", "prompt_guided", "select_frames", "merge_temporal",
+        "segment_density",
+    }  # fmt: skip
     for kind in STAGE_TYPES:
         cls = STAGES[kind]
         assert issubclass(cls, Stage) and cls.type == kind
@@ -123,6 +137,11 @@ INT_KEYS = [
     ("prompt_guided", "output", [1, 1, -1]),
     ("select_frames", "segments", -1),
     ("select_frames", "per_segment", 0),
+    ("merge_temporal", "max_tokens", 0),
+    ("segment_density", "max_tokens", -2),
+    ("segment_density", "segments", 0),
+    ("segment_density", "anchor_step", -1),
+    ("segment_density", "neighbors", 0),
 ]
 
 

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 
 import torch
 
+from longctx_adapter.errors import AdapterError
 from longctx_adapter.ops.guided import GuidedInfo, check_guide
 from longctx_adapter.ops.stages import STAGES, Flow, FrameSizes, GridShape, PooledVideo, parse_stages, stage_from_dict
 from longctx_adapter.ops.stages.adaptive3d import adaptive_pool3d
@@ -151,6 +152,12 @@ def pool_video(grid: torch.Tensor, stages, guide=None, *, coordinates: bool = Fa
         flow = stage.apply(flow.replace(step=step, decision=None))
         decisions.append(flow.decision)
     frames = flow.frames if flow.grid is None else tuple(flow.grid.unbind(0))
+    if not any(f.shape[0] * f.shape[1] for f in frames):
+        names = " -> ".join(stage.describe() for stage in stages)
+        raise AdapterError(
+            f"pooling ({names}) left the {tuple(grid.shape[:3])} video with no token at all, and a video must keep "
+            "at least one; loosen the stage that decides from the data (a lower threshold, a larger budget)"
+        )
     info = None
     if guide is not None or any(stage.guided for stage in stages):
         info = GuidedInfo(guide, flow.kept_frames, flow.anchors)

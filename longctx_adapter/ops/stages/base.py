@@ -7,6 +7,7 @@ imported and registered on import, see `__init__.py`) and its tests; no other fi
 | member | what it answers |
 | --- | --- |
 | `type`, `shorthand_help`, `must_be_last` | registry key; CLI usage text; why no stage may follow (None: any may) |
+| `takes_frames` | it may follow a must-be-last stage: it takes that stage's per-frame output (`Flow.frames`) |
 | `from_dict` / `to_dict` | validation and defaults / the plain JSON-able dict stored in AdapterConfig |
 | `parse_shorthand` / `shorthand` | `temporal:2,2` -> stage dict / the stage back as shorthand (None if none) |
 | `output_shape(shape)` | sizes without tensors: GridShape -> GridShape, or FrameSizes for a stage that must be last |
@@ -24,7 +25,9 @@ an arbitrary set of n tokens is stored as one row, `(1, n, D)`, in the order the
 run, so `PooledVideo.flatten()` (frame-major, row-major) and per-frame counts (`h * w`) need no special case. Such a
 stage records what it decided in `flow.decision` (kept for the call as `PooledVideo.trace`) and, when
 `flow.replayed` is set, applies that decision instead of deciding again: positions replay the features' trace on a
-coordinate grid, so every kept or merged token gets the (t, row, column) centre of what it stands for.
+coordinate grid, so every kept or merged token gets the (t, row, column) centre of what it stands for. Such frames
+are flagged `Flow.ragged`, so a later stage that takes frames can refuse them. A pass that ends with no token at
+all is refused (`pool_video`).
 """
 
 from __future__ import annotations
@@ -164,6 +167,7 @@ class Flow:
     coordinates: `grid` holds (t, row, column) coordinates (positions.pooled_coordinates).
     kept_frames, anchors: what frame selection / keyframe pooling decided (reported on PooledVideo.guided).
     step, decision, replay: the stage's index; what it decided (data-dependent stages); a trace to replay.
+    ragged: `frames` hold token sets chosen from the data (rows `(1, n, D)`), not spatial grids.
     """
 
     grid: torch.Tensor | None
@@ -176,6 +180,7 @@ class Flow:
     step: int = 0
     decision: object = None
     replay: tuple | None = None
+    ragged: bool = False
 
     @property
     def shape(self) -> GridShape:
@@ -266,8 +271,10 @@ class Stage:
     type: ClassVar[str] = ""
     #: CLI usage, e.g. "temporal:K[,S]" (empty: the stage has no shorthand; use JSON)
     shorthand_help: ClassVar[str] = ""
-    #: why no stage may follow this one (None: any may)
+    #: why no stage may follow this one (None: any may), except stages that take frames
     must_be_last: ClassVar[str | None] = None
+    #: this stage may follow a must-be-last stage: its `apply` takes `flow.frames` as well as a grid
+    takes_frames: ClassVar[bool] = False
 
     # --- config ------------------------------------------------------------------------------------------------------
     @classmethod
@@ -388,7 +395,7 @@ def parse_stages(pooling) -> tuple[Stage, ...]:
         raise AdapterError(f"pooling must be None, a stage dict or a list of stage dicts, got {pooling!r}")
     stages = tuple(stage_from_dict(stage) for stage in pooling)
     for position, stage in enumerate(stages[:-1]):
-        if stage.must_be_last is not None:
+        if stage.must_be_last is not None and not stages[position + 1].takes_frames:
             raise AdapterError(
                 f"{stage.type} pooling is stage {position + 1} of {len(stages)}, but {stage.must_be_last}; move the "
                 f"{stage.type} stage to the end of the list"
