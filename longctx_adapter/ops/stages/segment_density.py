@@ -207,23 +207,25 @@ def _anchors(start: int, length: int, budget: int, step: int, per_frame: int) ->
 
 
 def density_scores(frames: torch.Tensor, neighbors: int) -> torch.Tensor:
-    """(A, P, D) -> (A, P): DPC-kNN score `rho * delta` of every token within its own frame (module docstring)."""
+    """(A, P, D) -> (A, P): DPC-kNN score `rho * delta` of every token within its own frame (module docstring).
+
+    Density order is decided on the mean squared distance itself (lower = denser), so equal densities are exact
+    ties broken by position, whatever rounding `exp` adds."""
     dtype = compute_dtype(frames.dtype)
     x = frames.to(dtype)
     A, P, D = x.shape
     square = (x * x).sum(-1)
     d2 = (square[:, :, None] + square[:, None, :] - 2 * (x @ x.transpose(1, 2))).clamp_min(0) / D
     d2 = d2.masked_fill(torch.eye(P, dtype=torch.bool, device=x.device), 0.0)
-    k = min(neighbors, P)
-    rho = torch.exp(-torch.topk(d2, k, dim=-1, largest=False).values.mean(-1))
-    dist = d2.sqrt()
+    spread = torch.topk(d2, min(neighbors, P), dim=-1, largest=False).values.mean(-1)
     index = torch.arange(P, device=x.device)
-    higher = (rho[:, None, :] > rho[:, :, None]) | (
-        (rho[:, None, :] == rho[:, :, None]) & (index[None, None, :] < index[None, :, None])
+    denser = (spread[:, None, :] < spread[:, :, None]) | (
+        (spread[:, None, :] == spread[:, :, None]) & (index[None, None, :] < index[None, :, None])
     )
+    dist = d2.sqrt()
     farthest = dist.flatten(1).amax(-1)[:, None, None].expand(A, P, P)
-    delta = torch.where(higher, dist, farthest).amin(-1)
-    return rho * delta
+    delta = torch.where(denser, dist, farthest).amin(-1)
+    return torch.exp(-spread) * delta
 
 
 def density_merge_decision(
@@ -262,16 +264,17 @@ def density_merge_decision(
     for (a, b), seg in zip(bounds, anchors):
         count = sum(n for _, n in seg)
         members = kept[first : first + count]
-        centres = _unit(flat.index_select(0, members))
+        centres = flat.index_select(0, members).to(dtype)
+        centre_norms = torch.linalg.vector_norm(centres, dim=-1)
         for lo, hi in blocks((b - a) * P, count + D):
-            tokens = _unit(flat[a * P + lo : a * P + hi])
-            assign[a * P + lo : a * P + hi] = (tokens @ centres.T).argmax(-1) + first
+            tokens = flat[a * P + lo : a * P + hi].to(dtype)
+            norms = torch.linalg.vector_norm(tokens, dim=-1)
+            similarity = (tokens @ centres.T) / (norms[:, None] * centre_norms[None, :]).clamp_min(tiny(dtype))
+            assign[a * P + lo : a * P + hi] = similarity.argmax(-1) + first
         assign[members] = torch.arange(first, first + count, device=grid.device)
         first += count
     return DensityDecision(shape, assign, kept, tuple(bounds), tuple(anchor_frames))
 
 
-def _unit(x: torch.Tensor) -> torch.Tensor:
-    """Rows scaled to unit length in the compute dtype (a zero row stays zero)."""
-    x = x.to(compute_dtype(x.dtype))
-    return x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
+def tiny(dtype: torch.dtype) -> float:
+    return torch.finfo(dtype).tiny
