@@ -253,7 +253,8 @@ def finish(handle, ctx) -> CallPositions:
         else:
             t_rel = torch.zeros(frames, dtype=torch.float64)  # one block per frame, each with its own start
         guide = getattr(getattr(pooled, "guided", None), "guide", None)  # question-guided stages decide alike
-        ids = mrope_positions(0.0, t_rel, height, width, handle.config.pooling, guide).to(positions.device)
+        trace = getattr(pooled, "trace", None)  # data-dependent stages replay what they decided on the features
+        ids = mrope_positions(0.0, t_rel, height, width, handle.config.pooling, guide, trace).to(positions.device)
         offset = 0
         for run, count in zip(runs, lengths):
             if count == 0:  # the block of a frame pooled into an earlier one: deleted

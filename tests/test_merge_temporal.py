@@ -279,7 +279,7 @@ def test_positions_replay_the_decision(positions):
     coords = pooled_coordinates(t_values, H, W, spec, trace=pooled.trace)
     assert coords.sizes == pooled.sizes
     expected = []
-    for t, p, members in tokens:
+    for _, _, members in tokens:
         where = [(float(t_values[m]), float(q // W), float(q % W)) for m, q in members]
         if positions == "kept":
             expected.append(where[0])

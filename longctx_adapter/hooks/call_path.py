@@ -138,7 +138,7 @@ def prepare(handle, call: dict, question=None) -> Prepared | None:
             lengths, drops = _lengths_per_run(handle, pooled, seg, seg_runs, input_ids, feats.shape[0])
             deleted += drops
         features.append(feats)
-        side_features.append(pool_side_grids(seg, config.pooling, guide))
+        side_features.append(pool_side_grids(seg, config.pooling, guide, trace=getattr(pooled, "trace", None)))
         pooled_videos.append(pooled)
         segment_lengths.append(lengths)
         stats.append(
@@ -224,11 +224,14 @@ def _runs_per_segment(family, runs, segments) -> list[list]:
 
 
 def _lengths_per_run(handle, pooled, seg, seg_runs, input_ids, total: int) -> tuple[list[int], list]:
-    """New length of each placeholder run of one video, and the caller spans to delete (one block per frame)."""
+    """New length of each placeholder run of one video, and the caller spans to delete (one block per frame).
+
+    A pooled frame left with no token (a merge stage moved all of them into other frames) has no block: its block
+    is deleted like the block of a frame pooled into another one."""
     if seg.runs == 1:
         return [total], []
     counts = [h * w for h, w in pooled.sizes]
-    if len(counts) == seg.runs:
+    if len(counts) == seg.runs and all(counts):
         return counts, []
     family = handle.family
     if family.frame_blocks is None:
@@ -239,9 +242,13 @@ def _lengths_per_run(handle, pooled, seg, seg_runs, input_ids, total: int) -> tu
         )
     frames, height, width = seg.grid.shape[:3]
     guide = getattr(getattr(pooled, "guided", None), "guide", None)  # question-guided stages decide alike
-    sources = frame_sources(frames, height, width, handle.config.pooling, guide)
+    if len(counts) == seg.runs:  # frames kept one to one: a frame's tokens stay in its own block
+        sources = [(frame,) for frame in range(frames)]
+    else:
+        sources = frame_sources(frames, height, width, handle.config.pooling, guide, trace=pooled.trace)
+    live = [j for j, count in enumerate(counts) if count]
     blocks = family.frame_blocks(handle.model, input_ids[seg_runs[0].row], seg_runs)
-    return merged_frame_blocks(seg_runs, sources, counts, blocks)
+    return merged_frame_blocks(seg_runs, [sources[j] for j in live], [counts[j] for j in live], blocks)
 
 
 def _pad_token_id(config) -> int:

@@ -69,10 +69,12 @@ def pool_segment(seg: Segment, stages, guide=None) -> PooledVideo:
     return pool_video(seg.grid, stages, guide)
 
 
-def pool_side_grids(seg: Segment, stages, guide=None) -> tuple:
+def pool_side_grids(seg: Segment, stages, guide=None, trace=None) -> tuple:
+    """The pooled side grids (Qwen3-VL DeepStack) of a segment; trace: the main grid's `PooledVideo.trace`, so
+    stages that decide from the data merge the side grids exactly as they merged the main one."""
     if isinstance(seg, ChunkedSegment):
         return seg.side_pooled
-    return tuple(pool_video(g, stages, guide).flatten() for g in seg.side_grids)
+    return tuple(pool_video(g, stages, guide, trace=trace).flatten() for g in seg.side_grids)
 
 
 def _chunks(total: int, chunk: int, reduction: int) -> list[tuple[int, int]]:

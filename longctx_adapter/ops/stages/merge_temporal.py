@@ -22,6 +22,7 @@ clustering of the remaining tokens is the separate `segment_density` stage.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -121,6 +122,17 @@ class MergeTemporal(Stage):
         total = grid.num_tokens if target is None else target
         return rows_bound(grid.frames, grid.height * grid.width, total)
 
+    def min_frames(self, frames_out: int) -> int:
+        """A ratio keeps at least one frame's tokens from ceil(1 / ratio) frames on (at any frame size)."""
+        if self.ratio is None:
+            return frames_out
+        frames = max(1, math.ceil(1 / self.ratio))
+        while frames > 1 and self.ratio * (frames - 1) >= 1:
+            frames -= 1
+        while self.ratio * frames < 1:
+            frames += 1
+        return max(frames_out, frames)
+
     def keeps_frames(self, shape: GridShape) -> bool:
         return True
 
@@ -137,9 +149,10 @@ class MergeTemporal(Stage):
     def apply(self, flow: Flow) -> Flow:
         grid = grid_input(flow, self.type)
         decision = flow.replayed
-        if decision is None:
+        if decision is None:  # the decision carries no gradient; the means below do
             shape = GridShape(*(int(n) for n in grid.shape[:3]))
-            (decision,) = temporal_merge_decisions(grid[None], self.threshold, self.target(shape))
+            with torch.no_grad():
+                (decision,) = temporal_merge_decisions(grid[None], self.threshold, self.target(shape))
         frames = apply_decision(grid, decision, gather=self.gather)
         return flow.replace(grid=None, frames=frames, guide=None, decision=decision, ragged=True)
 

@@ -144,11 +144,12 @@ class SegmentDensity(Stage):
     def apply(self, flow: Flow) -> Flow:
         grid = grid_input(flow, self.type)
         decision = flow.replayed
-        if decision is None:
+        if decision is None:  # the decision carries no gradient; the means below do
             shape = GridShape(*(int(n) for n in grid.shape[:3]))
-            decision = density_merge_decision(
-                grid, self.target(shape), self.segments, self.cut_similarity, self.anchor_step, self.neighbors
-            )
+            with torch.no_grad():
+                decision = density_merge_decision(
+                    grid, self.target(shape), self.segments, self.cut_similarity, self.anchor_step, self.neighbors
+                )
         frames = apply_decision(grid, decision, gather=self.gather)
         return flow.replace(grid=None, frames=frames, guide=None, decision=decision, ragged=True)
 

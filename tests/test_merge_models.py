@@ -1,0 +1,250 @@
+"""The merge stages on every supported class, against hand-built references: the tokens that reach the decoder,
+logits, generate's prompt prefix, remove(), Qwen M-RoPE ids (both position rules), Qwen3-VL frame blocks, DeepStack
+features, the visual-window RoPE factor after merging, chunked encoding."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from reference import reference_forward, reference_videos
+from test_adapter_qwen import DecoderInputs
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+from longctx_adapter import apply_adapter, get_adapter
+from longctx_adapter.hooks.rotary import scale_factor
+from longctx_adapter.ops.pooling import normalize_pooling, pool_video
+from longctx_adapter.testing.tiny import TINY_MODEL_TYPES, frames_as_images, hand_inputs, tiny_model
+from longctx_adapter.testing.tiny_qwen import QWEN_TINY_TYPES, qwen_hand_inputs, qwen_tiny_model
+
+EVERYTHING_INTO_FRAME_0 = {"type": "merge_temporal", "threshold": -1.0}  # cos > -1: all later tokens merge
+MERGES = {
+    "temporal_all": EVERYTHING_INTO_FRAME_0,
+    "temporal_budget": {"type": "merge_temporal", "ratio": 0.6, "positions": "mean"},
+    "density": {"type": "segment_density", "ratio": 0.3, "segments": 2},
+    "density_mean": {"type": "segment_density", "max_tokens": 7, "segments": 3, "positions": "mean"},
+}
+
+
+def _logits(model, inputs, **kw):
+    with torch.no_grad():
+        return model(**inputs, **kw).logits
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# LLaVA family (1-D RoPE: kept tokens keep their order, positions are the sequence).
+
+
+@pytest.fixture(scope="module", params=TINY_MODEL_TYPES)
+def llava_type(request):
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def llava(llava_type):
+    return tiny_model(llava_type, seed=0)
+
+
+def _llava_inputs(model_type, batch):
+    counts = [4, 6] if batch == 2 and frames_as_images(model_type) else [4] * batch
+    return hand_inputs(model_type, 4, batch=batch, frame_counts=counts if batch == 2 else None, seed=1), counts
+
+
+@pytest.mark.parametrize("name", sorted(MERGES))
+@pytest.mark.parametrize("batch", [1, 2])
+def test_llava_forward_equals_hand_built_reference(llava_type, llava, name, batch):
+    inputs, counts = _llava_inputs(llava_type, batch)
+    pooling = MERGES[name]
+    stock = _logits(llava, inputs)
+    ref_logits, maps = reference_forward(llava, llava_type, inputs, pooling, counts)
+    with apply_adapter(llava, pooling=pooling) as handle:
+        logits = _logits(llava, inputs)
+        stats = handle.last_stats
+    for b, mapping in enumerate(maps):
+        caller, ref = torch.tensor([c for c, _ in mapping]), torch.tensor([r for _, r in mapping])
+        torch.testing.assert_close(logits[b, caller], ref_logits[b, ref], rtol=1e-5, atol=1e-5)
+    # the tokens that reached the decoder: the merge of the stock encoder's features (+ OneVision's newline)
+    expected = [pool_video(grid, pooling).num_tokens + (tail is not None) for grid, tail in
+                reference_videos(llava, llava_type, inputs, counts)]  # fmt: skip
+    assert sum(s["tokens_after"] for s in stats) == sum(expected)
+    assert get_adapter(llava) is None and torch.equal(_logits(llava, inputs), stock)  # remove(): the stock model
+
+
+def test_llava_generate_keeps_the_prompt_and_follows_the_reference(llava_type, llava):
+    inputs, counts = _llava_inputs(llava_type, 1)
+    for pooling in MERGES.values():
+        with apply_adapter(llava, pooling=pooling):
+            out = llava.generate(**inputs, max_new_tokens=4, do_sample=False)
+        prompt = inputs["input_ids"].shape[1]
+        assert torch.equal(out[:, :prompt], inputs["input_ids"])
+        ref_logits, maps = reference_forward(llava, llava_type, inputs, pooling, counts)
+        assert int(out[0, prompt]) == int(ref_logits[0, maps[0][-1][1]].argmax())
+
+
+def test_rope_factor_uses_the_length_after_merging():
+    model = tiny_model("llava_onevision", seed=0)
+    inputs = hand_inputs("llava_onevision", 4, seed=1)
+    window = 5
+    for pooling in MERGES.values():
+        with apply_adapter(model, pooling=pooling, rope={"type": "yarn", "visual_window": window}) as handle:
+            _logits(model, inputs)
+            (stat,) = handle.last_stats
+        unmerged = stat["grid"][0] * stat["grid"][1] * stat["grid"][2] + 1  # the grid the merge saw, + newline
+        assert stat["tokens_after"] < unmerged
+        assert stat["rope_factor"] == scale_factor(stat["tokens_after"], window) < scale_factor(unmerged, window)
+
+
+@pytest.mark.parametrize("model_type", ["llava_onevision", "qwen2_vl"])
+def test_chunked_encoding_equals_unchunked(model_type):
+    """Merges are never pooled chunk by chunk (chunk_plan says why); the chunked encoder feeds the same grid."""
+    qwen = model_type.startswith("qwen")
+    model = qwen_tiny_model(model_type) if qwen else tiny_model(model_type)
+    inputs = qwen_hand_inputs(model_type, 8, seed=3) if qwen else hand_inputs(model_type, 6, seed=3)
+    for pooling in MERGES.values():
+        results = []
+        for chunk in (None, 2 if qwen else 2):
+            with apply_adapter(model, pooling=pooling, vision_chunk_frames=chunk) as handle:
+                results.append((_logits(model, inputs), handle.last_stats[0]["tokens_after"]))
+        assert results[0][1] == results[1][1]
+        torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Qwen family: M-RoPE ids of merged tokens, Qwen3-VL blocks, DeepStack.
+
+
+@pytest.fixture(scope="module", params=QWEN_TINY_TYPES)
+def qwen_type(request):
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def qwen(qwen_type):
+    return qwen_tiny_model(qwen_type, seed=0)
+
+
+def _qwen_reference(model, model_type, inputs, pooling):
+    """(new ids, types, caller index per new position (None: visual), position ids (3, L), pooled, DeepStack)
+    built by hand: stock ids of the caller's tokens, the merge's decision on the stock encoder's features."""
+    config = model.config
+    extra = {"second_per_grid_ts": inputs["second_per_grid_ts"]} if "second_per_grid_ts" in inputs else {}
+    stock, _ = model.model.get_rope_index(
+        inputs["input_ids"], inputs["mm_token_type_ids"], video_grid_thw=inputs["video_grid_thw"], **extra
+    )
+    stock = stock[:, 0].double()
+    enc = model.model.get_video_features(inputs["pixel_values_videos"], inputs["video_grid_thw"])
+    t, h, w = (int(x) for x in inputs["video_grid_thw"][0])
+    H, W = h // 2, w // 2
+    stages = normalize_pooling(pooling)
+    pooled = pool_video(enc.pooler_output[0].reshape(t, H, W, -1), stages)
+    deep = [
+        pool_video(d[0].reshape(t, H, W, -1), stages, trace=pooled.trace).flatten()
+        for d in (getattr(enc, "deepstack_features", None) or [])
+    ]
+    (decision,) = pooled.trace
+    ids = inputs["input_ids"][0].tolist()
+    video = config.video_token_id
+    caller_visual = [i for i, token in enumerate(ids) if token == video]  # frame-major, row-major: flat index order
+    per_block = model_type == "qwen3_vl"
+    counts = decision.frame_counts
+    rule = stages[-1]["positions"]
+    visual = []
+    for j, rep in enumerate(decision.kept.tolist()):
+        members = (decision.assign == j).nonzero().flatten().tolist()
+        if rule == "kept":
+            visual.append(stock[:, caller_visual[rep]])
+        elif not per_block:
+            visual.append(stock[:, [caller_visual[m] for m in members]].mean(1))
+        else:  # one block per frame: the block's start plus the mean (row, column) of the members
+            base = stock[0, caller_visual[(rep // (H * W)) * H * W]]
+            rows = torch.tensor([float(m % (H * W) // W) for m in members]).mean()
+            cols = torch.tensor([float(m % W) for m in members]).mean()
+            visual.append(torch.stack([base, base + rows, base + cols]).double())
+    new_ids, keep, deleted = [], [], set()
+    if per_block:
+        for f in range(t):
+            first = caller_visual[f * H * W]
+            if counts[f] == 0:
+                deleted |= set(range(first - 3, first + H * W + 1))  # 2 timestamp words, start, tokens, end
+    i = 0
+    while i < len(ids):
+        if i in deleted:
+            i += 1
+        elif ids[i] == video:
+            if per_block:
+                frame = caller_visual.index(i) // (H * W)
+                n, i = counts[frame], i + H * W
+            else:
+                n, i = decision.num_tokens, i + t * H * W
+            new_ids += [video] * n
+            keep += [None] * n
+        else:
+            new_ids.append(ids[i])
+            keep.append(i)
+            i += 1
+    positions = torch.zeros(3, len(new_ids), dtype=torch.float64)
+    text = [k for k, src in enumerate(keep) if src is not None]
+    positions[:, text] = stock[:, [keep[k] for k in text]]
+    positions[:, [k for k, src in enumerate(keep) if src is None]] = torch.stack(visual, 1)
+    types = [2 if token == video else 0 for token in new_ids]
+    return new_ids, types, keep, positions, pooled, deep, sorted(deleted)
+
+
+@pytest.mark.parametrize("name", sorted(MERGES))
+def test_qwen_ids_layout_and_logits_equal_the_hand_built_reference(qwen_type, qwen, name):
+    pooling = MERGES[name]
+    inputs = qwen_hand_inputs(qwen_type, 8, seed=11)
+    new_ids, types, keep, positions, pooled, deep, deleted = _qwen_reference(qwen, qwen_type, inputs, pooling)
+    ref_inputs = {
+        "input_ids": torch.tensor([new_ids]),
+        "mm_token_type_ids": torch.tensor([types], dtype=torch.int32),
+        "attention_mask": torch.ones(1, len(new_ids), dtype=torch.long),
+        "position_ids": positions[:, None].float(),
+    }
+    output = BaseModelOutputWithPooling(pooler_output=(pooled.flatten(),))
+    if deep:
+        output.deepstack_features = [(d,) for d in deep]
+    stock = _logits(qwen, inputs)
+    with torch.no_grad():
+        ref = qwen(**ref_inputs, mm_encoder_outputs={"video": output}).logits
+        with apply_adapter(qwen, pooling=pooling) as handle, DecoderInputs(qwen) as seen:
+            adapted = qwen(**inputs).logits
+            gen = qwen.generate(**inputs, max_new_tokens=3, do_sample=False)
+    assert handle.last_stats[0]["tokens_after"] == pooled.num_tokens
+    assert seen.calls[0]["inputs_embeds"].shape[1] == len(new_ids)
+    torch.testing.assert_close(seen.calls[0]["position_ids"][-3:].double(), positions[:, None], rtol=0, atol=1e-6)
+    assert len(seen.calls[0]["deepstack"]) == len(deep)
+    assert all(torch.equal(a, b) for a, b in zip(seen.calls[0]["deepstack"], deep))
+    text = [k for k, src in enumerate(keep) if src is not None]
+    caller = torch.tensor([keep[k] for k in text])
+    torch.testing.assert_close(adapted[0, caller], ref[0, text], rtol=1e-5, atol=1e-5)
+    if deleted:
+        assert not adapted[0, deleted].any()
+    prompt = inputs["input_ids"].shape[1]
+    assert torch.equal(gen[:, :prompt], inputs["input_ids"])
+    assert int(gen[0, prompt]) == int(ref[0, -1].argmax())
+    assert torch.equal(_logits(qwen, inputs), stock)  # after remove(): the stock model
+
+
+def test_qwen_everything_merged_into_frame_0_keeps_one_block(qwen_type, qwen):
+    inputs = qwen_hand_inputs(qwen_type, 8, seed=5)
+    with apply_adapter(qwen, pooling=EVERYTHING_INTO_FRAME_0) as handle:
+        _logits(qwen, inputs)
+    (stat,) = handle.last_stats
+    assert stat["tokens_after"] == stat["tokens_before"] // stat["grid"][0]
+
+
+def test_qwen_rope_factor_uses_the_temporal_span_after_merging(qwen_type, qwen):
+    """M-RoPE's visual window is in temporal positions: the span of the merged tokens' t ids."""
+    inputs = qwen_hand_inputs(qwen_type, 8, seed=7)
+    window = 1
+    for name, pooling in MERGES.items():
+        _, _, keep, positions, *_ = _qwen_reference(qwen, qwen_type, inputs, pooling)
+        t_ids = positions[0, [k for k, src in enumerate(keep) if src is None]]
+        span = float(t_ids.max() - t_ids.min() + 1)
+        with apply_adapter(qwen, pooling=pooling, rope={"type": "yarn", "visual_window": window}) as handle:
+            _logits(qwen, inputs)
+        expected = scale_factor(int(span), window) if span.is_integer() else max(1.0, span / window)
+        if expected == 1.0:  # no extension needed: the RoPE stays stock
+            assert handle.last_stats[0]["rope_factor"] is None and span == 1 and name == "temporal_all"
+        else:
+            assert handle.last_stats[0]["rope_factor"] == pytest.approx(expected), name
