@@ -5,7 +5,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-compat test-lmms test-vllm bench-vllm bench lint clean train-tiny measure-tiny train-tiny-vcwe measure-tiny-vcwe
+.PHONY: venv demo test test-compat test-lmms test-vllm bench-vllm bench lint clean train-tiny measure-tiny train-tiny-vcwe measure-tiny-vcwe measure-merging
 
 # test-compat: the suite against the OLDEST supported transformers (the floor of pyproject's range) in a second venv.
 COMPAT_VENV ?= .venv-compat
@@ -67,6 +67,12 @@ train-tiny-vcwe: $(STAMP)
 # docs/evidence_*.png; raw outcomes go to out/evidence/seed<N>.json.
 measure-tiny-vcwe: $(STAMP)
 	$(PY) -m longctx_adapter.eval.measure_tiny_vcwe --seeds $(VCWE_SEEDS) --validation-items 50
+
+# measure-merging: content-aware merging vs progressive pooling at equal token budgets (25 %, 10 %) on the tiny model,
+# with and without its visual-window YaRN, paired McNemar tests (not part of make test; ~30 min on 2 shared cores).
+# Writes docs/token_merging_evidence.{json,md}.
+measure-merging: $(STAMP)
+	$(PY) -m longctx_adapter.eval.measure_merging
 
 # test-lmms: the lmms-eval plugin with the real lmms-eval (its unit tests, then end to end through lmms-eval's command
 # line) in its own venv, lmms-eval being heavy.
