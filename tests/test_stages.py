@@ -449,3 +449,19 @@ def test_a_content_aware_stage_keeps_a_variable_number_of_tokens(toys):
     with pytest.raises(AdapterError, match="end of the list"):
         normalize_pooling([stage, {"type": "temporal"}])
     assert chunk_plan([stage], 4)[0] is False
+
+
+def test_a_pass_that_keeps_no_token_is_refused(toys):
+    grid = make_grid(3, 2, 2, 2)
+    nothing = torch.zeros(3, 2, 2, dtype=torch.bool)
+    with pytest.raises(AdapterError, match=r"toy_keep_changed\) left the \(3, 2, 2\) video with no token at all"):
+        pool_video(grid, {"type": "toy_keep_changed"}, trace=(nothing,))
+    one_frame = nothing.index_fill(0, torch.tensor([1]), True)
+    assert pool_video(grid, {"type": "toy_keep_changed"}, trace=(one_frame,)).sizes == ((1, 0), (1, 4), (1, 0))
+
+
+def test_a_stage_that_takes_frames_may_follow_a_last_stage():
+    spatial = {"type": "progressive", "group": 1, "strides": [2]}
+    assert len(normalize_pooling([spatial, {"type": "merge_temporal"}])) == 2
+    with pytest.raises(AdapterError, match="progressive pooling is stage 1 of 2"):
+        normalize_pooling([spatial, {"type": "temporal"}])
