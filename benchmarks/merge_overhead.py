@@ -62,9 +62,16 @@ def decoder_layer_model(threads: int):
     return model.eval(), real_config(PRESET).text_config.num_hidden_layers
 
 
-def timed(fn) -> float:
+def timed_pool(grid: torch.Tensor, stage: dict) -> tuple[float, int]:
+    """(seconds, tokens kept) of one merge on one video."""
     start = time.perf_counter()
-    fn()
+    tokens = pool_video(grid, stage).num_tokens
+    return time.perf_counter() - start, tokens
+
+
+def timed_layer(model, chunk: torch.Tensor) -> float:
+    start = time.perf_counter()
+    model(inputs_embeds=chunk, use_cache=False)
     return time.perf_counter() - start
 
 
@@ -88,13 +95,9 @@ def main(argv=None) -> int:
             for frames in args.frames:
                 grid = synthetic_features(frames, hidden, seed=frames)
                 for kind, ratio in ops:
-                    stage = {"type": kind, "ratio": ratio}
-                    out = []
-                    times.setdefault((frames, kind, ratio), []).append(timed(lambda: out.append(pool_video(grid, stage))))
-                    kept[frames, kind, ratio] = out[0].num_tokens
-                    del out
-                layer = timed(lambda: model(inputs_embeds=chunk, use_cache=False))
-                times.setdefault((frames, "layer"), []).append(layer)
+                    seconds, kept[frames, kind, ratio] = timed_pool(grid, {"type": kind, "ratio": ratio})
+                    times.setdefault((frames, kind, ratio), []).append(seconds)
+                times.setdefault((frames, "layer"), []).append(timed_layer(model, chunk))
                 del grid
                 print(f"round {round_ + 1}: {frames} frames done", file=sys.stderr, flush=True)
     lines = [

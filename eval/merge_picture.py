@@ -17,10 +17,10 @@ import argparse
 import os
 
 import torch
-
 from longctx_adapter.eval.measure_merging import BUDGETS, GRID, budget_tokens
 from longctx_adapter.eval.measure_tiny import DEFAULT_MODEL, MEASURE_STREAM, ROOT, STOCK_SPATIAL, load_model
 from longctx_adapter.eval.synthetic_qa import FRAME_SIZE, batch_inputs, make_item
+
 from longctx_adapter.ops.pooling import pool_video
 from longctx_adapter.ops.positions import pooled_coordinates
 from longctx_adapter.ops.stages.merging import MergeDecision

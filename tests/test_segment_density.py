@@ -5,6 +5,7 @@ whole op, exact budgets, positions (both rules), shapes, refusals, dtypes and co
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import pytest
 import torch
@@ -17,7 +18,13 @@ from longctx_adapter import AdapterConfig, AdapterError
 from longctx_adapter.config_text import parse_config
 from longctx_adapter.ops.pooling import chunk_plan, count_tokens, normalize_pooling, pool_video, pooled_shape
 from longctx_adapter.ops.positions import frame_sources, pooled_coordinates
-from longctx_adapter.ops.stages.segment_density import density_scores, segment_budgets, segment_cuts
+from longctx_adapter.ops.stages.segment_density import (
+    density_merge_decision,
+    density_merge_decisions,
+    density_scores,
+    segment_budgets,
+    segment_cuts,
+)
 
 FAST = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 
@@ -40,8 +47,8 @@ def naive_cuts(transitions: list[float], segments: int, cut: float, most: int) -
 
 def naive_budgets(lengths: list[int], budget: int) -> list[int]:
     total = sum(lengths)
-    exact = [budget * n / total for n in lengths]  # plain fractions; the op works in integers
-    shares = [math.floor(budget * n / total) for n in lengths]
+    exact = [Fraction(budget * n, total) for n in lengths]  # exact quotas; the op works in integers
+    shares = [math.floor(q) for q in exact]
     order = sorted(range(len(lengths)), key=lambda s: (-(exact[s] - shares[s]), s))
     for s in order[: budget - sum(shares)]:
         shares[s] += 1
@@ -334,3 +341,14 @@ def test_composition_and_chunking():
         normalize_pooling([stage(ratio=0.5), {"type": "temporal"}])
     local, _, reason = chunk_plan(stage(ratio=0.5), 4)
     assert not local and reason == "segment_density cuts segments and shares its budget over the whole video"
+
+
+def test_batched_decisions_equal_one_video_at_a_time():
+    grids = torch.stack([make_grid(9, 3, 3, 6, seed=s) for s in range(3)])
+    grids[1, 3:] = grids[1, 2:3]
+    for budget in (5, 20, 81):
+        batched = density_merge_decisions(grids, budget, segments=3, anchor_step=2)
+        for video, decision in zip(grids, batched):
+            alone = density_merge_decision(video, budget, segments=3, anchor_step=2)
+            assert torch.equal(decision.assign, alone.assign) and torch.equal(decision.kept, alone.kept)
+            assert decision.segments == alone.segments and decision.anchors == alone.anchors

@@ -57,6 +57,7 @@ __all__ = [
     "SegmentDensity",
     "density_scores",
     "density_merge_decision",
+    "density_merge_decisions",
     "segment_budgets",
     "segment_cuts",
 ]
@@ -147,8 +148,8 @@ class SegmentDensity(Stage):
         if decision is None:  # the decision carries no gradient; the means below do
             shape = GridShape(*(int(n) for n in grid.shape[:3]))
             with torch.no_grad():
-                decision = density_merge_decision(
-                    grid, self.target(shape), self.segments, self.cut_similarity, self.anchor_step, self.neighbors
+                (decision,) = density_merge_decisions(
+                    grid[None], self.target(shape), self.segments, self.cut_similarity, self.anchor_step, self.neighbors
                 )
         frames = apply_decision(grid, decision, gather=self.gather)
         return flow.replace(grid=None, frames=frames, guide=None, decision=decision, ragged=True)
@@ -229,52 +230,73 @@ def density_scores(frames: torch.Tensor, neighbors: int) -> torch.Tensor:
     return torch.exp(-spread) * delta
 
 
-def density_merge_decision(
-    grid: torch.Tensor, budget: int, segments: int = 8, cut_similarity: float = 0.9, anchor_step: int = 4,
+def density_merge_decisions(
+    grids: torch.Tensor, budget: int, segments: int = 8, cut_similarity: float = 0.9, anchor_step: int = 4,
     neighbors: int = 4,
-) -> DensityDecision:  # fmt: skip
-    """The decision of `SegmentDensity` on one (T, H, W, D) video keeping exactly `budget` tokens."""
-    T, H, W, D = grid.shape
+) -> list[DensityDecision]:  # fmt: skip
+    """The decision of `SegmentDensity` on each video of a (B, T, H, W, D) batch, each keeping exactly `budget`
+    tokens: frame features, transitions and the density of every anchor frame of the batch are computed together;
+    segments and merges are per video."""
+    B, T, H, W, D = grids.shape
     P = H * W
     shape = (T, H, W)
     if budget >= T * P:
-        identity = MergeDecision.identity(shape, grid.device)
-        return DensityDecision(shape, identity.assign, identity.kept, ((0, T),), tuple(range(T)))
-    x = grid.reshape(T, P, D)
-    dtype = compute_dtype(grid.dtype)
-    means = torch.cat([x[a:b].to(dtype).mean(1) for a, b in blocks(T, P * D)])
-    transitions = cosine(means[1:], means[:-1]).cpu()
-    cuts = segment_cuts(transitions, segments, cut_similarity, budget - 1)
-    bounds = list(zip([0] + [c + 1 for c in cuts], [c + 1 for c in cuts] + [T]))
-    shares = segment_budgets([b - a for a, b in bounds], budget)
-    anchors = [_anchors(a, b - a, share, anchor_step, P) for (a, b), share in zip(bounds, shares)]
-    anchor_frames = [f for seg in anchors for f, _ in seg]
+        identity = MergeDecision.identity(shape, grids.device)
+        return [DensityDecision(shape, identity.assign, identity.kept, ((0, T),), tuple(range(T)))] * B
+    x = grids.reshape(B, T, P, D)
+    dtype = compute_dtype(grids.dtype)
+    means = torch.cat([x[:, a:b].to(dtype).mean(2) for a, b in blocks(T, B * P * D)], dim=1)
+    transitions = cosine(means[:, 1:], means[:, :-1]).cpu()
+    plans = []
+    for video in range(B):
+        cuts = segment_cuts(transitions[video], segments, cut_similarity, budget - 1)
+        bounds = list(zip([0] + [c + 1 for c in cuts], [c + 1 for c in cuts] + [T]))
+        shares = segment_budgets([b - a for a, b in bounds], budget)
+        plans.append((bounds, [_anchors(a, b - a, n, anchor_step, P) for (a, b), n in zip(bounds, shares)]))
+    anchor_rows = [(video, frame) for video, (_, anchors) in enumerate(plans) for seg in anchors for frame, _ in seg]
     scores = torch.cat(
-        [density_scores(x[anchor_frames[i:j]], neighbors) for i, j in blocks(len(anchor_frames), P * max(P, D))]
+        [
+            density_scores(torch.stack([x[v, f] for v, f in anchor_rows[i:j]]), neighbors)
+            for i, j in blocks(len(anchor_rows), P * max(P, D))
+        ]
     )
-    kept_parts, row = [], 0
-    for seg in anchors:
-        for frame, count in seg:
-            picks = torch.sort(-scores[row], stable=True).indices[:count]
-            kept_parts.append(frame * P + picks.sort().values)
-            row += 1
-    kept = torch.cat(kept_parts).to(grid.device)
-    assign = torch.empty(T * P, dtype=torch.long, device=grid.device)
-    flat = x.reshape(T * P, D)
+    decisions, row = [], 0
+    for video, (bounds, anchors) in enumerate(plans):
+        kept_parts = []
+        for seg in anchors:
+            for frame, count in seg:
+                picks = torch.sort(-scores[row], stable=True).indices[:count]
+                kept_parts.append(frame * P + picks.sort().values.to(grids.device))
+                row += 1
+        kept = torch.cat(kept_parts)
+        assign = _assign(x[video].reshape(T * P, D), kept, bounds, [sum(n for _, n in seg) for seg in anchors], P)
+        frames = tuple(f for seg in anchors for f, _ in seg)
+        decisions.append(DensityDecision(shape, assign, kept, tuple(bounds), frames))
+    return decisions
+
+
+def _assign(flat: torch.Tensor, kept: torch.Tensor, bounds, counts, places: int) -> torch.Tensor:
+    """Every token joins the kept token of its segment it is most cosine-similar to (ties: the earlier one)."""
+    dtype = compute_dtype(flat.dtype)
+    assign = torch.empty(flat.shape[0], dtype=torch.long, device=flat.device)
     first = 0
-    for (a, b), seg in zip(bounds, anchors):
-        count = sum(n for _, n in seg)
+    for (a, b), count in zip(bounds, counts):
         members = kept[first : first + count]
         centres = flat.index_select(0, members).to(dtype)
         centre_norms = torch.linalg.vector_norm(centres, dim=-1)
-        for lo, hi in blocks((b - a) * P, count + D):
-            tokens = flat[a * P + lo : a * P + hi].to(dtype)
+        for lo, hi in blocks((b - a) * places, count + flat.shape[1]):
+            tokens = flat[a * places + lo : a * places + hi].to(dtype)
             norms = torch.linalg.vector_norm(tokens, dim=-1)
             similarity = (tokens @ centres.T) / (norms[:, None] * centre_norms[None, :]).clamp_min(tiny(dtype))
-            assign[a * P + lo : a * P + hi] = similarity.argmax(-1) + first
-        assign[members] = torch.arange(first, first + count, device=grid.device)
+            assign[a * places + lo : a * places + hi] = similarity.argmax(-1) + first
+        assign[members] = torch.arange(first, first + count, device=flat.device)
         first += count
-    return DensityDecision(shape, assign, kept, tuple(bounds), tuple(anchor_frames))
+    return assign
+
+
+def density_merge_decision(grid: torch.Tensor, budget: int, **keys) -> DensityDecision:
+    """The decision on one (T, H, W, D) video (see `density_merge_decisions`)."""
+    return density_merge_decisions(grid[None], budget, **keys)[0]
 
 
 def tiny(dtype: torch.dtype) -> float:
