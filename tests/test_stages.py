@@ -346,6 +346,7 @@ class ToyKeepChanged(Stage):
 
     type = "toy_keep_changed"
     must_be_last = "its frames keep different token sets"
+    data_dependent = True
 
     @classmethod
     def from_dict(cls, data):

@@ -117,6 +117,19 @@ def test_question_guided_stages_are_refused(stage, name):
         settings.parse_adapter({"pooling": stage}, "test")
 
 
+@pytest.mark.parametrize(
+    "pooling",
+    [
+        {"type": "merge_temporal", "ratio": 0.1},
+        [{"type": "progressive", "group": 1, "strides": [2]}, {"type": "segment_density"}],
+    ],
+)
+def test_stages_that_choose_tokens_from_the_features_are_refused(pooling):
+    kind = (pooling if isinstance(pooling, dict) else pooling[-1])["type"]
+    with pytest.raises(AdapterError, match=f"\\({kind}\\) keeps tokens chosen from the video's features"):
+        settings.parse_adapter({"pooling": pooling}, "test")
+
+
 def test_per_call_rope_factor_is_refused_with_the_fix():
     with pytest.raises(AdapterError, match=r"no fixed 'factor'.*\"factor\": visual tokens of your longest video / 48"):
         settings.parse_adapter({"rope": {"type": "yarn", "visual_window": 48}}, "test")

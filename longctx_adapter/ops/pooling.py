@@ -40,6 +40,7 @@ __all__ = [
     "count_tokens",
     "fewest_frames",
     "group_anchors",
+    "is_data_dependent",
     "is_guided",
     "normalize_pooling",
     "normalize_stage",
@@ -72,6 +73,11 @@ def normalize_pooling(pooling) -> tuple[dict, ...]:
 def is_guided(stage) -> bool:
     """True for stages whose result depends on the question (they need a scorer)."""
     return stage_from_dict(stage).guided
+
+
+def is_data_dependent(stage) -> bool:
+    """True for stages whose kept tokens depend on the features (token counts without tensors are upper bounds)."""
+    return stage_from_dict(stage).data_dependent
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ Sources, first match wins:
 Both are read by the one config grammar of the package (`config_text.parse_config`: a JSON config dict, a stage
 dict or list, a text shorthand such as "progressive:2,8,4+yarn", or null), validated by the same `AdapterConfig` as
 on the HF path, with a missing rope `visual_window` filled from the family preset. Then they are checked for what a
-serving engine can do: parameter-free pooling only (question-guided stages need a scorer model run on each question), and a fixed
+serving engine can do: parameter-free pooling only (question-guided stages need a scorer model run on each question),
+pooling whose tokens are known before the model runs (vLLM writes the prompt's placeholders first), and a fixed
 RoPE factor (vLLM builds one rotary table per model, so the per-call factor s = visual tokens / visual_window cannot
 follow each request). Imports only the ops and config layers and errors.py: never transformers >= 5.24 code.
 """
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 from longctx_adapter.config import AdapterConfig
 from longctx_adapter.config_text import ADAPTER_CONFIG_NAME, parse_config, saved_config_path
 from longctx_adapter.errors import AdapterError
-from longctx_adapter.ops.pooling import is_guided
+from longctx_adapter.ops.pooling import is_data_dependent, is_guided
 
 __all__ = ["ADAPTER_CONFIG_NAME", "HF_OVERRIDES_KEY", "ServingAdapter", "adapter_for", "serving_adapter"]
 #: the key of `hf_overrides` (and so the HF config attribute) that carries an adapter config
@@ -69,6 +70,13 @@ def check_servable(config: AdapterConfig, source: str) -> None:
                 "frame against the question with a CLIP/SigLIP model, which the vLLM plugin does not run inside the "
                 "engine. Serve a parameter-free stage instead (progressive with anchor 'first', temporal, adaptive3d "
                 "or conv3d), or run question-guided pooling on the Hugging Face path (apply_adapter)"
+            )
+        if is_data_dependent(stage):
+            raise AdapterError(
+                f"{source}: pooling stage {position} ({stage['type']}) keeps tokens chosen from the video's features, "
+                "but a vLLM engine writes the prompt's placeholders (and Qwen's position ids) before the model sees "
+                "the video. Serve a parameter-free stage with a fixed size (progressive, temporal, adaptive3d or "
+                "conv3d), or run the merge stages on the Hugging Face path (apply_adapter)"
             )
     rope = config.rope
     if rope is None:

@@ -8,6 +8,7 @@ imported and registered on import, see `__init__.py`) and its tests; no other fi
 | --- | --- |
 | `type`, `shorthand_help`, `must_be_last` | registry key; CLI usage text; why no stage may follow (None: any may) |
 | `takes_frames` | it may follow a must-be-last stage: it takes that stage's per-frame output (`Flow.frames`) |
+| `data_dependent` | its token count or layout depends on the data: `output_shape` is an upper bound, positions need the trace |
 | `from_dict` / `to_dict` | validation and defaults / the plain JSON-able dict stored in AdapterConfig |
 | `parse_shorthand` / `shorthand` | `temporal:2,2` -> stage dict / the stage back as shorthand (None if none) |
 | `output_shape(shape)` | sizes without tensors: GridShape -> GridShape, or FrameSizes for a stage that must be last |
@@ -275,6 +276,9 @@ class Stage:
     must_be_last: ClassVar[str | None] = None
     #: this stage may follow a must-be-last stage: its `apply` takes `flow.frames` as well as a grid
     takes_frames: ClassVar[bool] = False
+    #: which tokens it keeps depends on the features: `output_shape` is an upper bound, and positions must replay
+    #: the features' `PooledVideo.trace`
+    data_dependent: ClassVar[bool] = False
 
     # --- config ------------------------------------------------------------------------------------------------------
     @classmethod

@@ -66,6 +66,7 @@ class MergeTemporal(Stage):
     shorthand_help = "merge_temporal:THRESHOLD|P%"
     must_be_last = "its frames keep sets of tokens chosen from the data, which no later stage can pool"
     takes_frames = True
+    data_dependent = True
     #: coordinate passes with positions "kept" gather each representative's own place (see for_coordinates)
     gather = False
 

@@ -88,6 +88,7 @@ class SegmentDensity(Stage):
     shorthand_help = "segment_density:P%"
     must_be_last = "its frames keep sets of tokens chosen from the data, which no later stage can pool"
     takes_frames = True
+    data_dependent = True
     gather = False
 
     @classmethod
