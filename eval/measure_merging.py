@@ -65,7 +65,8 @@ def saved_rope(model_path: str) -> dict:
 
 
 def pooling(method: str, budget: str, frames: int):
-    if method == "progressive":
+    """The stages of `method` (one of METHODS; the first is the pooling that defines the budget)."""
+    if method == METHODS[0]:
         return BUDGETS[budget]
     return [STOCK_SPATIAL, {"type": method, "max_tokens": budget_tokens(budget, frames)}]
 
@@ -155,7 +156,7 @@ def comparisons(rows) -> list[dict]:
                             "method": method,
                             "tokens": merge["visual_tokens"],
                             "accuracy": merge["accuracy"],
-                            "progressive": prog["accuracy"],
+                            "pooling": prog["accuracy"],
                             "full": full["accuracy"],
                             "of_full": merge["accuracy"] / full["accuracy"] if full["accuracy"] else None,
                             "vs_progressive": test,
@@ -207,7 +208,7 @@ def markdown(rows, tests, items: int, model: str) -> str:
         vp, vf = t["vs_progressive"], t["vs_full"]
         lines.append(
             f"| {t['multiple']}x | {t['budget']} | {t['rope']} | {t['method']} | {t['tokens']:,} | "
-            f"{100 * t['accuracy']:.1f} | {100 * t['progressive']:.1f} | +{vp['only_a']}/-{vp['only_b']}, "
+            f"{100 * t['accuracy']:.1f} | {100 * t['pooling']:.1f} | +{vp['only_a']}/-{vp['only_b']}, "
             f"p={_p(vp['p'])} | {100 * t['full']:.1f} | {100 * t['of_full']:.0f} % | +{vf['only_a']}/-{vf['only_b']}, "
             f"p={_p(vf['p'])} | {'met' if t['target_met'] else ('-' if t['budget'] != '10%' else 'not met')} |"
         )
