@@ -85,6 +85,23 @@ def test_estimator_counts_and_kv():
     assert max_frames(config, budget, parse_config("progressive:2,8,4")[1], device="cuda") > 2 * n
 
 
+def test_estimator_counts_of_merge_stages_are_upper_bounds():
+    from longctx_adapter.ops.stages import GridShape, stage_from_dict
+    from longctx_adapter.profiling.estimate import _op_scratch_tokens
+
+    config = real_config("llava-onevision-7b")
+    label, merged = parse_config("progressive:2,2,1+merge_temporal:10%")
+    estimate = estimate_memory(config, 256, merged)
+    assert estimate["visual_tokens_after"] == round(0.1 * 256 * 196) + 1 and not estimate["visual_tokens_exact"]
+    assert estimate_memory(config, 256, parse_config("progressive:2,8,4")[1])["visual_tokens_exact"]
+    with_threshold = estimate_memory(config, 256, parse_config("progressive:2,2,1+merge_temporal:0.9")[1])
+    assert with_threshold["visual_tokens_after"] == 256 * 196 + 1  # a threshold alone may keep every token
+    # the merge after the model's own 2x is sized on the 14x14 frames it sees
+    spatial, merge = (stage_from_dict(s) for s in merged["pooling"])
+    both = [spatial.scratch_tokens(GridShape(256, 27, 27)), merge.scratch_tokens(GridShape(256, 14, 14))]
+    assert _op_scratch_tokens(merged["pooling"], 256, 27) == max(both) and min(both) > 0
+
+
 def test_param_bytes_exact_on_a_tiny_model():
     model = tiny_model("llava_onevision")
     expected = sum(p.numel() for p in model.parameters()) * 2 + sum(b.numel() for b in model.buffers()) * 4

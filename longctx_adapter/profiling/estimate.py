@@ -33,7 +33,7 @@ from functools import lru_cache
 
 from longctx_adapter.errors import AdapterError
 from longctx_adapter.ops.pooling import chunk_plan, count_tokens, pooled_shape
-from longctx_adapter.ops.stages import GridShape, parse_stages
+from longctx_adapter.ops.stages import FrameSizes, GridShape, parse_stages
 from longctx_adapter.profiling.dtypes import dtype_bytes
 from longctx_adapter.registry import MODEL_TYPE_TO_PATCH, family_for
 
@@ -107,6 +107,8 @@ def estimate_memory(
     its dict. device: "cpu" adds CPU-only kernel scratch (bilinear on NCHW). vision_hidden_states: "selected"
     (transformers 5.x keeps only the feature layer) or "all" (older code: every vision layer's output is kept
     during the vision stage). Returns token counts, component bytes and `{vision,prefill,decode}_peak_bytes`, `peak_bytes`.
+    With a stage that keeps tokens chosen from the features (`merge_temporal`, `segment_density`) the visual token
+    count, and every size built on it, is an upper bound (`visual_tokens_exact` False).
     """
     config = getattr(config, "config", config)
     if attn == "eager":
@@ -158,6 +160,8 @@ def estimate_memory(
         "frames": frames,
         "visual_tokens_before": vis["tokens_before"],
         "visual_tokens_after": vis["tokens_after"],
+        # False when a stage keeps tokens chosen from the features (merging): then every count here is an upper bound
+        "visual_tokens_exact": not any(stage.data_dependent for stage in parse_stages(stages)),
         "seq_len": seq,
         "weights_bytes": weights,
         "pixels_bytes": vis["pixels"],
@@ -258,15 +262,19 @@ def _tower_vision(config, family, frames, stages, chunk, b, cpu: bool = True, hi
 
 def _op_scratch_tokens(stages, frames, side) -> int:
     """Token vectors the largest pooling op holds beyond its input and output (e.g. progressive's same-stride
-    gather), each stage on the grid it sees."""
+    gather), each stage on the grid it sees (frames of one size count as a grid, for stages that take frames)."""
     shape, most = GridShape(frames, side, side), 0
     for stage in parse_stages(stages):
+        if isinstance(shape, FrameSizes):
+            sizes = {size for count, size in shape.cycle if count}
+            if not shape.exact or len(sizes) != 1:
+                break
+            ((height, width),) = sizes
+            shape = GridShape(shape.frames, height, width)
         most = max(most, stage.scratch_tokens(shape))
         try:
             shape = stage.output_shape(shape)
         except AdapterError:  # a chunk shorter than a temporal window: the full video decides, not this estimate
-            break
-        if not isinstance(shape, GridShape):
             break
     return most
 
