@@ -248,3 +248,24 @@ def test_qwen_rope_factor_uses_the_temporal_span_after_merging(qwen_type, qwen):
             assert handle.last_stats[0]["rope_factor"] is None and span == 1 and name == "temporal_all"
         else:
             assert handle.last_stats[0]["rope_factor"] == pytest.approx(expected), name
+
+
+def test_qwen3_pool_then_merge_keeps_the_blocks_of_frames_with_tokens():
+    """temporal:2 then a merge into the first pooled frame: the block rule of pooled frames (first source frame's
+    block) replays the merge's trace; every block but the first is deleted."""
+    model = qwen_tiny_model("qwen3_vl", seed=0)
+    inputs = qwen_hand_inputs("qwen3_vl", 8, seed=4)
+    config = model.config
+    start = config.vision_start_token_id
+    pooling = [{"type": "temporal"}, EVERYTHING_INTO_FRAME_0]
+    with apply_adapter(model, pooling=pooling) as handle, DecoderInputs(model) as seen, torch.no_grad():
+        logits = model(**inputs).logits
+    (stat,) = handle.last_stats
+    t, h, w = stat["grid"]
+    assert stat["frames_after"] == t // 2 and stat["tokens_after"] == h * w
+    embeds = seen.calls[0]["inputs_embeds"]
+    blocks_before = int((inputs["input_ids"][0] == start).sum())  # the outer opener + one per frame
+    assert blocks_before == 1 + t
+    # frame 0's block keeps h * w tokens; the blocks of frames 1..t-1 (2 timestamp words, start, tokens, end) are gone
+    assert embeds.shape[1] == inputs["input_ids"].shape[1] - (t - 1) * (2 + 1 + h * w + 1)
+    assert torch.isfinite(logits).all()
