@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import logits_of
 from reference import reference_forward, reference_videos
 from test_adapter_qwen import DecoderInputs
 from transformers.modeling_outputs import BaseModelOutputWithPooling
@@ -13,7 +14,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from longctx_adapter import apply_adapter, get_adapter
 from longctx_adapter.hooks.rotary import scale_factor
 from longctx_adapter.ops.pooling import normalize_pooling, pool_video
-from longctx_adapter.testing.tiny import TINY_MODEL_TYPES, frames_as_images, hand_inputs, tiny_model
+from longctx_adapter.testing.tiny import frames_as_images, hand_inputs, tiny_model
 from longctx_adapter.testing.tiny_qwen import QWEN_TINY_TYPES, qwen_hand_inputs, qwen_tiny_model
 
 EVERYTHING_INTO_FRAME_0 = {"type": "merge_temporal", "threshold": -1.0}  # cos > -1: all later tokens merge
@@ -25,23 +26,8 @@ MERGES = {
 }
 
 
-def _logits(model, inputs, **kw):
-    with torch.no_grad():
-        return model(**inputs, **kw).logits
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # LLaVA family (1-D RoPE: kept tokens keep their order, positions are the sequence).
-
-
-@pytest.fixture(scope="module", params=TINY_MODEL_TYPES)
-def llava_type(request):
-    return request.param
-
-
-@pytest.fixture(scope="module")
-def llava(llava_type):
-    return tiny_model(llava_type, seed=0)
 
 
 def _llava_inputs(model_type, batch):
@@ -51,32 +37,32 @@ def _llava_inputs(model_type, batch):
 
 @pytest.mark.parametrize("name", sorted(MERGES))
 @pytest.mark.parametrize("batch", [1, 2])
-def test_llava_forward_equals_hand_built_reference(llava_type, llava, name, batch):
-    inputs, counts = _llava_inputs(llava_type, batch)
+def test_llava_forward_equals_hand_built_reference(model_type, model, name, batch):
+    inputs, counts = _llava_inputs(model_type, batch)
     pooling = MERGES[name]
-    stock = _logits(llava, inputs)
-    ref_logits, maps = reference_forward(llava, llava_type, inputs, pooling, counts)
-    with apply_adapter(llava, pooling=pooling) as handle:
-        logits = _logits(llava, inputs)
+    stock = logits_of(model, inputs)
+    ref_logits, maps = reference_forward(model, model_type, inputs, pooling, counts)
+    with apply_adapter(model, pooling=pooling) as handle:
+        logits = logits_of(model, inputs)
         stats = handle.last_stats
     for b, mapping in enumerate(maps):
         caller, ref = torch.tensor([c for c, _ in mapping]), torch.tensor([r for _, r in mapping])
         torch.testing.assert_close(logits[b, caller], ref_logits[b, ref], rtol=1e-5, atol=1e-5)
     # the tokens that reached the decoder: the merge of the stock encoder's features (+ OneVision's newline)
     expected = [pool_video(grid, pooling).num_tokens + (tail is not None) for grid, tail in
-                reference_videos(llava, llava_type, inputs, counts)]  # fmt: skip
+                reference_videos(model, model_type, inputs, counts)]  # fmt: skip
     assert sum(s["tokens_after"] for s in stats) == sum(expected)
-    assert get_adapter(llava) is None and torch.equal(_logits(llava, inputs), stock)  # remove(): the stock model
+    assert get_adapter(model) is None and torch.equal(logits_of(model, inputs), stock)  # remove(): the stock model
 
 
-def test_llava_generate_keeps_the_prompt_and_follows_the_reference(llava_type, llava):
-    inputs, counts = _llava_inputs(llava_type, 1)
+def test_llava_generate_keeps_the_prompt_and_follows_the_reference(model_type, model):
+    inputs, counts = _llava_inputs(model_type, 1)
     for pooling in MERGES.values():
-        with apply_adapter(llava, pooling=pooling):
-            out = llava.generate(**inputs, max_new_tokens=4, do_sample=False)
+        with apply_adapter(model, pooling=pooling):
+            out = model.generate(**inputs, max_new_tokens=4, do_sample=False)
         prompt = inputs["input_ids"].shape[1]
         assert torch.equal(out[:, :prompt], inputs["input_ids"])
-        ref_logits, maps = reference_forward(llava, llava_type, inputs, pooling, counts)
+        ref_logits, maps = reference_forward(model, model_type, inputs, pooling, counts)
         assert int(out[0, prompt]) == int(ref_logits[0, maps[0][-1][1]].argmax())
 
 
@@ -86,7 +72,7 @@ def test_rope_factor_uses_the_length_after_merging():
     window = 5
     for pooling in MERGES.values():
         with apply_adapter(model, pooling=pooling, rope={"type": "yarn", "visual_window": window}) as handle:
-            _logits(model, inputs)
+            logits_of(model, inputs)
             (stat,) = handle.last_stats
         unmerged = stat["grid"][0] * stat["grid"][1] * stat["grid"][2] + 1  # the grid the merge saw, + newline
         assert stat["tokens_after"] < unmerged
@@ -103,7 +89,7 @@ def test_chunked_encoding_equals_unchunked(model_type):
         results = []
         for chunk in (None, 2 if qwen else 2):
             with apply_adapter(model, pooling=pooling, vision_chunk_frames=chunk) as handle:
-                results.append((_logits(model, inputs), handle.last_stats[0]["tokens_after"]))
+                results.append((logits_of(model, inputs), handle.last_stats[0]["tokens_after"]))
         assert results[0][1] == results[1][1]
         torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-5)
 
@@ -203,7 +189,7 @@ def test_qwen_ids_layout_and_logits_equal_the_hand_built_reference(qwen_type, qw
     output = BaseModelOutputWithPooling(pooler_output=(pooled.flatten(),))
     if deep:
         output.deepstack_features = [(d,) for d in deep]
-    stock = _logits(qwen, inputs)
+    stock = logits_of(qwen, inputs)
     with torch.no_grad():
         ref = qwen(**ref_inputs, mm_encoder_outputs={"video": output}).logits
         with apply_adapter(qwen, pooling=pooling) as handle, DecoderInputs(qwen) as seen:
@@ -222,13 +208,13 @@ def test_qwen_ids_layout_and_logits_equal_the_hand_built_reference(qwen_type, qw
     prompt = inputs["input_ids"].shape[1]
     assert torch.equal(gen[:, :prompt], inputs["input_ids"])
     assert int(gen[0, prompt]) == int(ref[0, -1].argmax())
-    assert torch.equal(_logits(qwen, inputs), stock)  # after remove(): the stock model
+    assert torch.equal(logits_of(qwen, inputs), stock)  # after remove(): the stock model
 
 
 def test_qwen_everything_merged_into_frame_0_keeps_one_block(qwen_type, qwen):
     inputs = qwen_hand_inputs(qwen_type, 8, seed=5)
     with apply_adapter(qwen, pooling=EVERYTHING_INTO_FRAME_0) as handle:
-        _logits(qwen, inputs)
+        logits_of(qwen, inputs)
     (stat,) = handle.last_stats
     assert stat["tokens_after"] == stat["tokens_before"] // stat["grid"][0]
 
@@ -242,7 +228,7 @@ def test_qwen_rope_factor_uses_the_temporal_span_after_merging(qwen_type, qwen):
         t_ids = positions[0, [k for k, src in enumerate(keep) if src is None]]
         span = float(t_ids.max() - t_ids.min() + 1)
         with apply_adapter(qwen, pooling=pooling, rope={"type": "yarn", "visual_window": window}) as handle:
-            _logits(qwen, inputs)
+            logits_of(qwen, inputs)
         expected = scale_factor(int(span), window) if span.is_integer() else max(1.0, span / window)
         if expected == 1.0:  # no extension needed: the RoPE stays stock
             assert handle.last_stats[0]["rope_factor"] is None and span == 1 and name == "temporal_all"

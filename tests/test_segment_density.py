@@ -9,10 +9,11 @@ from fractions import Fraction
 
 import pytest
 import torch
+from helpers import make_grid
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from test_merge_temporal import integer_grid, naive_cosine
-from test_pooling import DEVICES, make_grid
+from test_pooling import DEVICES
 
 from longctx_adapter import AdapterConfig, AdapterError
 from longctx_adapter.config_text import parse_config
