@@ -19,7 +19,9 @@
   the blocks of the other input frames, timestamp text included, are deleted. Timestamps are kept, never
   re-rendered, so a merged frame reads as its window's start time. Pooled tokens sit at the kept block's
   start (t) plus their window centre (h, w), as Qwen3-VL places an unpooled frame. DeepStack features are
-  pooled exactly like the main features.
+  pooled exactly like the main features. Merge stages (tokens chosen from the features) replay the features'
+  decision (`PooledVideo.trace`) on the ids, the DeepStack features and the blocks; a merged frame is its
+  representatives' frame, and a frame left with no token loses its block.
 - Pixels arrive patchified: (sum t*h*w, C*tp*p*p) rows with `video_grid_thw` in pre-merge patch units; chunked
   encoding splits those rows per video, a chunk of temporal patches at a time; the question scorer sees the
   frames rebuilt from the rows (both frames of each temporal patch).

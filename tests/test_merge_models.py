@@ -23,7 +23,17 @@ MERGES = {
     "temporal_budget": {"type": "merge_temporal", "ratio": 0.6, "positions": "mean"},
     "density": {"type": "segment_density", "ratio": 0.3, "segments": 2},
     "density_mean": {"type": "segment_density", "max_tokens": 7, "segments": 3, "positions": "mean"},
+    # pool then merge: tokens of one frame merge into kept tokens of later frames (anchors every 2nd frame)
+    "temporal_then_density": [
+        {"type": "temporal"},
+        {"type": "segment_density", "ratio": 0.4, "segments": 1, "cut_similarity": -1.0, "anchor_step": 2,
+         "positions": "mean"},  # fmt: skip
+    ],
 }
+#: Qwen-VL (frames, seed) per case (temporal patches of 2): a temporal stage first needs enough frames for the merge
+#: to leave some pooled frames empty; seed 12 merges tokens of frame 0 into tokens kept in frame 2
+QWEN_INPUTS = {"temporal_then_density": (16, 12), "temporal_then_budget": (16, 11)}
+QWEN_MERGES = {**MERGES, "temporal_then_budget": [{"type": "temporal"}, {"type": "merge_temporal", "ratio": 0.5}]}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -110,7 +120,11 @@ def qwen(qwen_type):
 
 def _qwen_reference(model, model_type, inputs, pooling):
     """(new ids, types, caller index per new position (None: visual), position ids (3, L), pooled, DeepStack)
-    built by hand: stock ids of the caller's tokens, the merge's decision on the stock encoder's features."""
+    built by hand: stock ids of the caller's tokens, the merge's decision on the stock encoder's features.
+
+    `pooling` is one merge stage, or a temporal stage (kernel == stride = k) then a merge: the merge then sees
+    frame j = the mean of input frames k*j .. k*j+k-1, whose stock place is the mean of theirs (one block per
+    frame, Qwen3-VL: the block of frame k*j, as any pooled frame takes its first input frame's block)."""
     config = model.config
     extra = {"second_per_grid_ts": inputs["second_per_grid_ts"]} if "second_per_grid_ts" in inputs else {}
     stock, _ = model.model.get_rope_index(
@@ -120,47 +134,57 @@ def _qwen_reference(model, model_type, inputs, pooling):
     enc = model.model.get_video_features(inputs["pixel_values_videos"], inputs["video_grid_thw"])
     t, h, w = (int(x) for x in inputs["video_grid_thw"][0])
     H, W = h // 2, w // 2
+    P = H * W
     stages = normalize_pooling(pooling)
+    k = stages[0]["kernel"] if len(stages) == 2 else 1
+    assert len(stages) == 1 or (stages[0]["type"] == "temporal" and stages[0]["stride"] == k and t % k == 0)
     pooled = pool_video(enc.pooler_output[0].reshape(t, H, W, -1), stages)
     deep = [
         pool_video(d[0].reshape(t, H, W, -1), stages, trace=pooled.trace).flatten()
         for d in (getattr(enc, "deepstack_features", None) or [])
     ]
-    (decision,) = pooled.trace
+    decision = pooled.trace[-1]
     ids = inputs["input_ids"][0].tolist()
     video = config.video_token_id
     caller_visual = [i for i, token in enumerate(ids) if token == video]  # frame-major, row-major: flat index order
     per_block = model_type == "qwen3_vl"
+
+    def place(token):  # the stock (t, h, w) of token j * P + p of the merge's input grid
+        frame, p = divmod(token, P)
+        if per_block:  # the block of input frame k * j: its start, plus (0, row, column)
+            return stock[:, caller_visual[k * frame * P + p]]
+        return torch.stack([stock[:, caller_visual[(k * frame + i) * P + p]] for i in range(k)], 1).mean(1)
+
     counts = decision.frame_counts
     rule = stages[-1]["positions"]
     visual = []
     for j, rep in enumerate(decision.kept.tolist()):
         members = (decision.assign == j).nonzero().flatten().tolist()
         if rule == "kept":
-            visual.append(stock[:, caller_visual[rep]])
+            visual.append(place(rep))
         elif not per_block:
-            visual.append(stock[:, [caller_visual[m] for m in members]].mean(1))
-        else:  # one block per frame: the block's start plus the mean (row, column) of the members
-            base = stock[0, caller_visual[(rep // (H * W)) * H * W]]
-            rows = torch.tensor([float(m % (H * W) // W) for m in members]).mean()
+            visual.append(torch.stack([place(m) for m in members], 1).mean(1))
+        else:  # the representative's block start plus the mean (row, column) of the members
+            base = place((rep // P) * P)[0]
+            rows = torch.tensor([float(m % P // W) for m in members]).mean()
             cols = torch.tensor([float(m % W) for m in members]).mean()
             visual.append(torch.stack([base, base + rows, base + cols]).double())
     new_ids, keep, deleted = [], [], set()
     if per_block:
         for f in range(t):
-            first = caller_visual[f * H * W]
-            if counts[f] == 0:
-                deleted |= set(range(first - 3, first + H * W + 1))  # 2 timestamp words, start, tokens, end
+            first = caller_visual[f * P]
+            if f % k or counts[f // k] == 0:
+                deleted |= set(range(first - 3, first + P + 1))  # 2 timestamp words, start, tokens, end
     i = 0
     while i < len(ids):
         if i in deleted:
             i += 1
         elif ids[i] == video:
             if per_block:
-                frame = caller_visual.index(i) // (H * W)
-                n, i = counts[frame], i + H * W
+                frame = caller_visual.index(i) // P
+                n, i = counts[frame // k], i + P
             else:
-                n, i = decision.num_tokens, i + t * H * W
+                n, i = decision.num_tokens, i + t * P
             new_ids += [video] * n
             keep += [None] * n
         else:
@@ -168,18 +192,27 @@ def _qwen_reference(model, model_type, inputs, pooling):
             keep.append(i)
             i += 1
     positions = torch.zeros(3, len(new_ids), dtype=torch.float64)
-    text = [k for k, src in enumerate(keep) if src is not None]
-    positions[:, text] = stock[:, [keep[k] for k in text]]
-    positions[:, [k for k, src in enumerate(keep) if src is None]] = torch.stack(visual, 1)
+    text = [n for n, src in enumerate(keep) if src is not None]
+    positions[:, text] = stock[:, [keep[n] for n in text]]
+    positions[:, [n for n, src in enumerate(keep) if src is None]] = torch.stack(visual, 1)
     types = [2 if token == video else 0 for token in new_ids]
     return new_ids, types, keep, positions, pooled, deep, sorted(deleted)
 
 
-@pytest.mark.parametrize("name", sorted(MERGES))
+@pytest.mark.parametrize("name", sorted(QWEN_MERGES))
 def test_qwen_ids_layout_and_logits_equal_the_hand_built_reference(qwen_type, qwen, name):
-    pooling = MERGES[name]
-    inputs = qwen_hand_inputs(qwen_type, 8, seed=11)
+    pooling = QWEN_MERGES[name]
+    frames, seed = QWEN_INPUTS.get(name, (8, 11))
+    inputs = qwen_hand_inputs(qwen_type, frames, seed=seed)
     new_ids, types, keep, positions, pooled, deep, deleted = _qwen_reference(qwen, qwen_type, inputs, pooling)
+    if name == "temporal_then_density" and qwen_type == "qwen3_vl":  # the case for the block rule: a token of a
+        # frame that keeps tokens joins a token kept in a later frame (its block stays its representative's)
+        decision = pooled.trace[-1]
+        places = decision.shape[1] * decision.shape[2]
+        frame_of_output = (decision.kept // places)[decision.assign]
+        own_frame = torch.arange(decision.assign.numel()) // places
+        kept_frames = torch.tensor([f for f, n in enumerate(decision.frame_counts) if n])
+        assert ((own_frame < frame_of_output) & torch.isin(own_frame, kept_frames)).any()
     ref_inputs = {
         "input_ids": torch.tensor([new_ids]),
         "mm_token_type_ids": torch.tensor([types], dtype=torch.int32),
@@ -197,7 +230,9 @@ def test_qwen_ids_layout_and_logits_equal_the_hand_built_reference(qwen_type, qw
             gen = qwen.generate(**inputs, max_new_tokens=3, do_sample=False)
     assert handle.last_stats[0]["tokens_after"] == pooled.num_tokens
     assert seen.calls[0]["inputs_embeds"].shape[1] == len(new_ids)
-    torch.testing.assert_close(seen.calls[0]["position_ids"][-3:].double(), positions[:, None], rtol=0, atol=1e-6)
+    # fractional ids reach the decoder as float32, as the reference feeds them
+    seen_ids = seen.calls[0]["position_ids"][-3:].double()
+    torch.testing.assert_close(seen_ids, ref_inputs["position_ids"].double(), rtol=0, atol=1e-6)
     assert len(seen.calls[0]["deepstack"]) == len(deep)
     assert all(torch.equal(a, b) for a, b in zip(seen.calls[0]["deepstack"], deep))
     text = [k for k, src in enumerate(keep) if src is not None]

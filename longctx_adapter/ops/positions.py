@@ -54,8 +54,10 @@ def frame_sources(
 
     Pools one-hot frame indicators with the same stages (and guide) as the features, so every stage type, frame
     selection included, answers alike. Channels go `chunk` frames at a time to bound memory at long videos.
+    A merge stage's output frame draws on its representatives' frames only (`Stage.for_frames`): tokens merged in
+    from other frames do not move it. trace: the features' `PooledVideo.trace` (data-dependent stages replay it).
     """
-    stages = _coordinate_stages(stages)
+    stages = [stage.for_frames() for stage in parse_stages(stages)]
     parts = []
     for lo in range(0, frames, chunk):
         hi = min(frames, lo + chunk)

@@ -16,6 +16,7 @@ imported and registered on import, see `__init__.py`) and its tests; no other fi
 | `apply(flow)` | the op on a `Flow` (grid, question guide, frame origins); uniform stages only write `pool_grid` |
 | `keeps_frames(shape)` | output frame i is input frame i (question guidance reports which input frames were kept) |
 | `for_coordinates()` | the stage to run on coordinate grids (positions): e.g. max pooling places tokens like avg |
+| `for_frames()` | the stage to run on frame indicators (`positions.frame_sources`): which input frames a frame is |
 | `guided`, `describe()` | needs the question scorer; a short name for messages |
 | `chunk_frames(n)` | chunked encoding: frames a chunk of n frames becomes when pooled chunk by chunk gives the same tokens |
 | `scratch_tokens(shape)` | estimator: token vectors the op holds beyond its input and output |
@@ -340,6 +341,10 @@ class Stage:
 
     def for_coordinates(self) -> Stage:
         return self
+
+    def for_frames(self) -> Stage:
+        """The stage that tells which input frames each output frame comes from (default: as coordinates)."""
+        return self.for_coordinates()
 
     # --- chunked encoding and the estimator ----------------------------------------------------------------------
     def chunk_frames(self, frames: int) -> tuple[int | None, str]:

@@ -162,6 +162,10 @@ class MergeTemporal(Stage):
             return self
         return _MergeTemporalPlaces(self.threshold, self.ratio, self.max_tokens, self.positions)
 
+    def for_frames(self) -> MergeTemporal:
+        """An output frame is its representatives' frame, whatever frames their members come from."""
+        return _MergeTemporalPlaces(self.threshold, self.ratio, self.max_tokens, self.positions)
+
 
 @dataclass(frozen=True)
 class _MergeTemporalPlaces(MergeTemporal):

@@ -158,6 +158,10 @@ class SegmentDensity(Stage):
     def for_coordinates(self) -> SegmentDensity:
         if self.positions == "mean":
             return self
+        return self.for_frames()
+
+    def for_frames(self) -> SegmentDensity:
+        """An output frame is its representatives' frame, whatever frames their members come from."""
         values = (self.ratio, self.max_tokens, self.segments, self.cut_similarity, self.anchor_step, self.neighbors)
         return _SegmentDensityPlaces(*values, self.positions)
 
