@@ -256,9 +256,9 @@ def test_qwen_everything_merged_into_frame_0_keeps_one_block(qwen_type, qwen):
 
 def test_qwen_rope_factor_uses_the_temporal_span_after_merging(qwen_type, qwen):
     """M-RoPE's visual window is in temporal positions: the span of the merged tokens' t ids."""
-    inputs = qwen_hand_inputs(qwen_type, 8, seed=7)
     window = 1
     for name, pooling in MERGES.items():
+        inputs = qwen_hand_inputs(qwen_type, QWEN_INPUTS.get(name, (8,))[0], seed=7)
         _, _, keep, positions, *_ = _qwen_reference(qwen, qwen_type, inputs, pooling)
         t_ids = positions[0, [k for k, src in enumerate(keep) if src is None]]
         span = float(t_ids.max() - t_ids.min() + 1)
