@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import time
 
@@ -36,6 +35,7 @@ from longctx_adapter.eval.measure_tiny import (
     load_model,
     score,
 )
+from longctx_adapter.eval.stats import mcnemar_exact
 from longctx_adapter.eval.synthetic_qa import TASKS, make_item
 
 from longctx_adapter.ops.pooling import count_tokens
@@ -82,15 +82,10 @@ def configs(frames: int, rope: dict) -> dict[str, dict | None]:
 
 
 def mcnemar(a: list[int], b: list[int]) -> dict:
-    """Exact two-sided McNemar test of paired outcomes: a right where b is wrong (n_ab) and the reverse (n_ba).
-
-    p = P(a split at least this uneven | n_ab + n_ba discordant items, each way with probability 1/2); written out
-    (binomial tail) rather than importing scipy for one formula."""
-    only_a = sum(1 for x, y in zip(a, b) if x and not y)
-    only_b = sum(1 for x, y in zip(a, b) if y and not x)
-    n = only_a + only_b
-    tail = sum(math.comb(n, i) for i in range(min(only_a, only_b) + 1)) / 2**n if n else 1.0
-    return {"only_a": only_a, "only_b": only_b, "p": min(1.0, 2 * tail)}
+    """Exact two-sided McNemar test of paired outcomes (`stats.mcnemar_exact`), keyed as the evidence JSON stores it:
+    a right where b is wrong (only_a), the reverse (only_b), p."""
+    test = mcnemar_exact(a, b)
+    return {"only_a": test["only_first"], "only_b": test["only_second"], "p": test["p"]}
 
 
 def measure(model, tokenizer, rope, items_per_task: int, multiples, batch: int, log=print) -> list[dict]:
