@@ -31,7 +31,7 @@ __all__ = ["ADAPTER_CONFIG_NAME", "HF_OVERRIDES_KEY", "ServingAdapter", "adapter
 #: the key of `hf_overrides` (and so the HF config attribute) that carries an adapter config
 HF_OVERRIDES_KEY = "longctx_adapter"
 #: architectures whose vLLM classes the plugin replaces, by HF model_type
-SERVED_MODEL_TYPES = ("llava_onevision", "qwen2_vl", "qwen2_5_vl")
+SERVED_MODEL_TYPES = ("llava_onevision", "llava_next_video", "qwen2_vl", "qwen2_5_vl")
 
 
 @dataclass(frozen=True)

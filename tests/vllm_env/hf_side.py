@@ -14,6 +14,11 @@ Checkpoints (random weights, fixed seeds, float32; head_dim 32 because vLLM's CP
   vLLM load both layouts (`ov_saved` keeps the 5.x one).
 - `ov_saved`: the same model saved by an adapted model's `save_pretrained` (transformers 5.x layout, plus
   longctx_adapter.json): what a user serves with `vllm serve <folder>`.
+- `nv`: LLaVA-NeXT-Video (CLIP 32 px / patch 4 = 8x8 grid, the model's 2x average pooler -> 4x4 per frame, Llama
+  decoder with 2 heads of 32), CLIP weights in the `vision_tower.vision_model.*` layout of the released checkpoints
+  (stock vLLM 0.32 loads only that one for this class).
+- `nv_saved`: the same model saved by an adapted model's `save_pretrained` (transformers 5.x writes the CLIP tower
+  as `vision_tower.{embeddings,encoder,...}.*`, which the plugin maps) plus longctx_adapter.json.
 - `qwen`: Qwen2-VL (patch 4, merge 2: 32x32 frames -> 4x4 merged tokens per temporal patch; M-RoPE sections
   [4, 6, 6] for head_dim 32).
 """
@@ -29,6 +34,10 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from shared import (  # noqa: E402 - this folder is on sys.path when run as a script
+    NV_FRAMES,
+    NV_POOLED,
+    NV_PROMPT,
+    NV_SIDE,
     OV_CONV,
     OV_FRAMES,
     OV_POOLED,
@@ -49,10 +58,10 @@ from longctx_adapter.testing.tiny import synthetic_video, tiny_model, tiny_proce
 from longctx_adapter.testing.tiny_qwen import qwen_tiny_model
 
 
-def _ov_checkpoint(out: Path) -> torch.nn.Module:
-    model = tiny_model("llava_onevision", num_attention_heads=2, num_key_value_heads=2)
+def _vision_model_layout(model, out: Path, processor) -> torch.nn.Module:
+    """Save `model` with its vision tower under the older `vision_tower.vision_model.*` names; reload and check."""
     model.save_pretrained(out)
-    tiny_processor("llava_onevision").save_pretrained(out)
+    processor.save_pretrained(out)
     weights = load_file(out / "model.safetensors")
     vllm_layout = {
         ("vision_tower.vision_model." + k[len("vision_tower.") :] if k.startswith("vision_tower.") else k): v
@@ -63,6 +72,16 @@ def _ov_checkpoint(out: Path) -> torch.nn.Module:
     for (name, a), (_, b) in zip(model.state_dict().items(), reloaded.state_dict().items()):
         assert torch.equal(a, b), f"{name} changed when reloading the vLLM-layout checkpoint"
     return reloaded
+
+
+def _ov_checkpoint(out: Path) -> torch.nn.Module:
+    model = tiny_model("llava_onevision", num_attention_heads=2, num_key_value_heads=2)
+    return _vision_model_layout(model, out, tiny_processor("llava_onevision"))
+
+
+def _nv_checkpoint(out: Path) -> torch.nn.Module:
+    model = tiny_model("llava_next_video", num_attention_heads=2, num_key_value_heads=2)
+    return _vision_model_layout(model, out, tiny_processor("llava_next_video"))
 
 
 def _qwen_processor():
@@ -141,6 +160,33 @@ def main(out_dir: str) -> None:
         ov.save_pretrained(out / "ov_saved")
     tiny_processor("llava_onevision").save_pretrained(out / "ov_saved")
     assert (out / "ov_saved" / "longctx_adapter.json").is_file()
+
+    nv = _nv_checkpoint(out / "nv")
+    nv_video = synthetic_video(NV_FRAMES, NV_SIDE, NV_SIDE, seed=5)
+    np.save(out / "nv_video.npy", nv_video)
+    nv_inputs = tiny_processor("llava_next_video")(text=NV_PROMPT, videos=[nv_video], return_tensors="pt")
+    np.save(out / "nv_pixels.npy", nv_inputs["pixel_values_videos"].numpy())
+    side = 32 // 4 // nv.config.spatial_pool_stride  # the grid after the model's own average pooler
+    for name, config in (("nv_stock", None), ("nv_pooled", NV_POOLED)):
+        stock_tokens = NV_FRAMES * side * side
+        video_tokens = stock_tokens if config is None else count_tokens(NV_FRAMES, side, side, config["pooling"])
+        cases.append(
+            {
+                "name": name,
+                "model": "nv",
+                "adapter": config,
+                "video": "nv_video.npy",
+                "prompt": NV_PROMPT,
+                "video_token_id": int(nv.config.video_token_id),
+                "video_tokens": video_tokens,
+                "prompt_tokens": int(nv_inputs["input_ids"].shape[1]) - stock_tokens + video_tokens,
+                "hf": _greedy(nv, nv_inputs, config),
+            }
+        )
+    with apply_adapter(nv, AdapterConfig.from_dict(NV_POOLED)):
+        nv.save_pretrained(out / "nv_saved")
+    tiny_processor("llava_next_video").save_pretrained(out / "nv_saved")
+    assert (out / "nv_saved" / "longctx_adapter.json").is_file()
 
     qwen = _qwen_checkpoint(out / "qwen")
     qwen_video = synthetic_video(QWEN_FRAMES, QWEN_SIDE, QWEN_SIDE, seed=4)

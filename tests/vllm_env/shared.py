@@ -1,9 +1,9 @@
 """Cases shared by the HF side (hf_side.py, main venv) and the vLLM tests (vLLM venv): plain data only."""
 
 STEPS = 4
-OV_FRAMES, QWEN_FRAMES = 8, 8
-OV_SIDE, QWEN_SIDE = 28, 32  # frames at the processors' target size, so no resize happens on either side
-OV_PROMPT = "user <video> what color is the square ? assistant"
+OV_FRAMES, NV_FRAMES, QWEN_FRAMES = 8, 8, 8
+OV_SIDE, NV_SIDE, QWEN_SIDE = 28, 32, 32  # frames at the processors' target size, so no resize happens on either side
+OV_PROMPT = NV_PROMPT = "user <video> what color is the square ? assistant"
 QWEN_PROMPT = "user <|vision_start|><video><|vision_end|> what color is the square ? assistant"
 QWEN_TEMPLATE = (
     "{% for message in messages %}{{ message['role'] }} {% for part in message['content'] %}"
@@ -25,3 +25,9 @@ QWEN_WHOLE = {
 }
 # half-integer centres (bilinear stride 2 on 4x4: 0.5 and 2.5): the integer rule rounds them (ties down)
 QWEN_HALF = {"pooling": {"type": "progressive", "group": 2, "strides": [1, 2]}}
+# LLaVA-NeXT-Video: the 4x4 grid after the model's own 2x average pooler (8x8 CLIP patches), one chain with a
+# frame-varying stride and a fixed YaRN factor
+NV_POOLED = {
+    "pooling": {"type": "progressive", "group": 2, "strides": [1, 2]},
+    "rope": {"type": "yarn", "visual_window": 48, "factor": 2.0},
+}

@@ -1,0 +1,101 @@
+"""vLLM's LLaVA-NeXT-Video with the adapter: pooling on each frame's grid after the model's own 2x average pooler.
+
+As on the HF path (patches/llava_next_video.py): vision tower, average pooler (`vision_resampler`, 24x24 -> 12x12
+on the released models) and projector are vLLM's own; the pooling stages act on the projected (frames, 12, 12) grid
+of each video, which is where the HF path pools (`get_video_features`' output). The processor sizes each video's
+placeholder run with the same stage shape math (`count_tokens(frames, side, side, stages)`; this family has no
+newline token after a video). With no adapter config every method is vLLM's.
+
+Weights: transformers 5.x `save_pretrained` writes the CLIP tower as `vision_tower.{embeddings,encoder,...}.*`,
+names vLLM 0.32's class rejects (it expects the released checkpoints' `vision_tower.vision_model.*`), so an adapted
+folder saved by the HF path would not load. The plugin maps those names onto `vision_model.*`; checkpoints that
+stock vLLM loads map exactly as before.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+
+import torch
+from vllm.model_executor.models.llava_next_video import (
+    LlavaNextVideoDummyInputsBuilder,
+    LlavaNextVideoForConditionalGeneration,
+    LlavaNextVideoMultiModalProcessor,
+    LlavaNextVideoProcessingInfo,
+)
+from vllm.model_executor.models.utils import WeightsMapper
+from vllm.multimodal import MULTIMODAL_REGISTRY
+from vllm.multimodal.parse import VideoProcessorItems
+
+from longctx_adapter.errors import AdapterError
+from longctx_adapter.ops.pooling import pool_video
+from longctx_adapter.vllm_plugin.layout import pooled_video_tokens
+from longctx_adapter.vllm_plugin.rotary import install_fixed_rope
+from longctx_adapter.vllm_plugin.settings import adapter_for, log_not_applied
+
+_LOG = logging.getLogger(__name__)
+#: the CLIP tower's top-level modules, as transformers 5.x saves them (without the `vision_model.` level)
+_CLIP_PARTS = ("embeddings", "pre_layrnorm", "encoder", "post_layernorm")
+
+
+def _frame_side(tokens_per_frame: int) -> int:
+    """The side of the square per-frame grid vLLM's stock processor and pooler give (tokens = side * side)."""
+    side = math.isqrt(tokens_per_frame)
+    if side * side != tokens_per_frame:
+        raise AdapterError(f"a LLaVA-NeXT-Video frame has {tokens_per_frame} tokens, not a square grid to pool")
+    return side
+
+
+class AdaptedNextVideoProcessor(LlavaNextVideoMultiModalProcessor):
+    """Stock prompt updates, except that a video's run has the pooled length."""
+
+    def _get_prompt_updates(self, mm_items, hf_processor_mm_kwargs, out_mm_kwargs):
+        updates = super()._get_prompt_updates(mm_items, hf_processor_mm_kwargs, out_mm_kwargs)
+        adapter = adapter_for(self.info.ctx.model_config)
+        if adapter is None or not adapter.pooling:
+            return updates
+        token = self.info.get_hf_config().video_token_index
+
+        def pooled_run(item_idx: int) -> list[int]:
+            videos = mm_items.get_items("video", VideoProcessorItems)
+            size = videos.get_frame_size(item_idx)
+            side = _frame_side(self.info._get_num_frame_tokens(image_width=size.width, image_height=size.height))
+            return [token] * pooled_video_tokens(videos.get_num_frames(item_idx), side, side, adapter.pooling)
+
+        return [
+            dataclasses.replace(update, replacement=pooled_run) if update.modality == "video" else update
+            for update in updates
+        ]
+
+
+@MULTIMODAL_REGISTRY.register_processor(
+    AdaptedNextVideoProcessor, info=LlavaNextVideoProcessingInfo, dummy_inputs=LlavaNextVideoDummyInputsBuilder
+)
+class AdaptedLlavaNextVideo(LlavaNextVideoForConditionalGeneration):
+    # applied after the stock prefixes (which strip a leading `model.`), in order
+    hf_to_vllm_mapper = LlavaNextVideoForConditionalGeneration.hf_to_vllm_mapper | WeightsMapper(
+        orig_to_new_prefix={f"vision_tower.{part}.": f"vision_tower.vision_model.{part}." for part in _CLIP_PARTS}
+    )
+
+    def __init__(self, *, vllm_config, prefix: str = "") -> None:
+        super().__init__(vllm_config=vllm_config, prefix=prefix)
+        self.longctx_adapter = adapter_for(vllm_config.model_config)
+        log_not_applied(self.longctx_adapter, _LOG)
+        if self.longctx_adapter is not None and self.longctx_adapter.rope is not None:
+            install_fixed_rope(self.language_model, self.longctx_adapter.rope, self.config.text_config)
+
+    def _process_video_pixels(self, inputs):
+        stock = super()._process_video_pixels(inputs)  # one (frames * side * side, D) tensor per video
+        adapter = self.longctx_adapter
+        if adapter is None or not adapter.pooling:
+            return stock
+        pixels = inputs["pixel_values_videos"]
+        frames = [len(video) for video in (pixels.unbind(0) if isinstance(pixels, torch.Tensor) else pixels)]
+        out = []
+        for video, count in zip(stock, frames):
+            side = _frame_side(video.shape[0] // count)
+            grid = video.reshape(count, side, side, video.shape[-1])
+            out.append(pool_video(grid, adapter.pooling).flatten())
+        return out
