@@ -32,7 +32,7 @@ ENV_DIR = ROOT / "tests" / "vllm_env"
 HF_PYTHON = os.environ.get("LONGCTX_HF_PYTHON") or str(ROOT / ".venv" / "bin" / "python")
 sys.path.insert(0, str(ENV_DIR))
 
-from shared import OV_CONV, OV_POOLED, OV_PROMPT, QWEN_HALF, QWEN_PROMPT, QWEN_WHOLE  # noqa: E402
+from shared import NV_PROMPT, OV_CONV, OV_POOLED, OV_PROMPT, QWEN_HALF, QWEN_PROMPT, QWEN_WHOLE  # noqa: E402
 
 #: vLLM CPU vs transformers on the same float32 weights and positions (measured: <= 1e-6)
 LOGPROB_TOL = 1e-5
@@ -45,9 +45,11 @@ def _prompt(case: str, prompt: str, video: str) -> dict:
 
 
 OV_STOCK = _prompt("ov_stock", OV_PROMPT, "ov_video.npy")
+NV_STOCK = _prompt("nv_stock", NV_PROMPT, "nv_video.npy")
 QWEN_STOCK = _prompt("qwen_stock", QWEN_PROMPT, "qwen_video.npy")
 STOCK_RUNS = [
     {"name": "ov", "model": "ov", "prompts": [OV_STOCK]},
+    {"name": "nv", "model": "nv", "prompts": [NV_STOCK]},
     {"name": "qwen", "model": "qwen", "prompts": [QWEN_STOCK]},
 ]
 # the folder transformers 5.x save_pretrained wrote (SigLIP under vision_tower.embeddings.*, not vision_model.*)
@@ -60,6 +62,8 @@ PLUGIN_RUNS = [
      "prompts": [_prompt("ov_conv", OV_PROMPT, "ov_video.npy")]},
     # the folder an adapted model's save_pretrained wrote: transformers 5.x weight layout + longctx_adapter.json
     {"name": "ov_saved", "model": "ov_saved", "prompts": [_prompt("ov_pooled", OV_PROMPT, "ov_video.npy")]},
+    # LLaVA-NeXT-Video adapted through its saved folder (transformers 5.x CLIP names + longctx_adapter.json)
+    {"name": "nv_saved", "model": "nv_saved", "prompts": [_prompt("nv_pooled", NV_PROMPT, "nv_video.npy")]},
     {"name": "qwen_whole", "model": "qwen", "overrides": {"longctx_adapter": QWEN_WHOLE},
      "prompts": [_prompt("qwen_whole", QWEN_PROMPT, "qwen_video.npy")]},
     {"name": "qwen_half", "model": "qwen", "overrides": {"longctx_adapter": QWEN_HALF},
@@ -129,7 +133,7 @@ def _max_logprob_gap(vllm_out: dict, hf: dict) -> float:
     )
 
 
-@pytest.mark.parametrize("run,case", [("ov", "ov_stock"), ("qwen", "qwen_stock")])
+@pytest.mark.parametrize("run,case", [("ov", "ov_stock"), ("nv", "nv_stock"), ("qwen", "qwen_stock")])
 def test_plugin_without_adapter_config_is_stock_vllm(stock, plugin, run, case):
     ours, theirs = _result(plugin, run, case), _result(stock, run, case)
     assert plugin["runs"][run]["model_class"].startswith("Adapted")
@@ -137,14 +141,17 @@ def test_plugin_without_adapter_config_is_stock_vllm(stock, plugin, run, case):
     assert ours == theirs  # tokens, every reported log-probability and the prompt ids, bit for bit
 
 
-@pytest.mark.parametrize("run,case", [("ov", "ov_stock"), ("qwen", "qwen_stock")])
+@pytest.mark.parametrize("run,case", [("ov", "ov_stock"), ("nv", "nv_stock"), ("qwen", "qwen_stock")])
 def test_stock_vllm_matches_stock_hf(plugin, cases, run, case):
     out = _result(plugin, run, case)
     assert out["tokens"] == cases[case]["hf"]["tokens"]
     assert _max_logprob_gap(out, cases[case]["hf"]) <= LOGPROB_TOL
 
 
-@pytest.mark.parametrize("run,case", [("ov_pooled", "ov_pooled"), ("ov_conv", "ov_conv"), ("qwen_whole", "qwen_whole")])
+@pytest.mark.parametrize(
+    "run,case",
+    [("ov_pooled", "ov_pooled"), ("ov_conv", "ov_conv"), ("nv_saved", "nv_pooled"), ("qwen_whole", "qwen_whole")],
+)
 def test_adapted_vllm_matches_adapted_hf(plugin, cases, run, case):
     """Same pooled features, same positions (1-D, or M-RoPE with whole-number window centres), same fixed RoPE."""
     out = _result(plugin, run, case)
@@ -161,13 +168,13 @@ def test_qwen_rounded_positions_stay_close_to_hf(plugin, cases):
 
 @pytest.mark.parametrize(
     "run,case",
-    [("ov", "ov_stock"), ("ov_pooled", "ov_pooled"), ("ov_conv", "ov_conv"), ("qwen", "qwen_stock"),
-     ("qwen_whole", "qwen_whole"), ("qwen_half", "qwen_half")],
+    [("ov", "ov_stock"), ("ov_pooled", "ov_pooled"), ("ov_conv", "ov_conv"), ("nv", "nv_stock"),
+     ("nv_saved", "nv_pooled"), ("qwen", "qwen_stock"), ("qwen_whole", "qwen_whole"), ("qwen_half", "qwen_half")],
 )  # fmt: skip
 def test_prompt_tokens_follow_the_ops_shape_math(plugin, cases, run, case):
     ids = _result(plugin, run, case)["prompt_token_ids"]
     expected = cases[case]
-    assert ids.count(expected["video_token_id"]) == expected["video_tokens"]  # ops.pooling.count_tokens (+1 newline)
+    assert ids.count(expected["video_token_id"]) == expected["video_tokens"]  # ops.pooling.count_tokens (+1 OV newline)
     assert len(ids) == expected["prompt_tokens"]
 
 
@@ -191,19 +198,22 @@ def test_unservable_configs_are_refused_with_the_fix(plugin):
 
 def test_plugin_never_imports_the_transformers_hooks(plugin):
     loaded = plugin["modules"]
-    assert "longctx_adapter.vllm_plugin.qwen_vl" in loaded and "longctx_adapter.vllm_plugin.llava_onevision" in loaded
+    plugin_modules = ("qwen_vl", "llava_onevision", "llava_next_video")
+    assert all(f"longctx_adapter.vllm_plugin.{name}" in loaded for name in plugin_modules)
     banned = ("longctx_adapter.hooks", "longctx_adapter.api", "longctx_adapter.saving", "longctx_adapter.patches")
     assert not [m for m in loaded if m.startswith(banned)]
 
 
-@pytest.mark.parametrize("model,pixels", [("ov", "ov_pixels.npy"), ("qwen", "qwen_pixels.npy")])
+@pytest.mark.parametrize(
+    "model,pixels", [("ov", "ov_pixels.npy"), ("nv", "nv_pixels.npy"), ("qwen", "qwen_pixels.npy")]
+)
 def test_both_transformers_releases_preprocess_alike(cases_dir, cases, model, pixels):
     """The premise of the comparisons: this venv's processor (transformers < 5.20) gives the HF side's pixels."""
     import numpy as np
     from transformers import AutoProcessor
 
     processor = AutoProcessor.from_pretrained(cases_dir / model)
-    prompt = OV_PROMPT if model == "ov" else QWEN_PROMPT
+    prompt = {"ov": OV_PROMPT, "nv": NV_PROMPT, "qwen": QWEN_PROMPT}[model]
     video = np.load(cases_dir / f"{model}_video.npy")
     ours = processor(text=prompt, videos=[video], return_tensors="np")["pixel_values_videos"]
     np.testing.assert_array_equal(np.asarray(ours), np.load(cases_dir / pixels))
