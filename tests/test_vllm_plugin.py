@@ -90,7 +90,7 @@ def cases(cases_dir) -> dict:
     return {c["name"]: c for c in json.loads((cases_dir / "cases.json").read_text())["cases"]}
 
 
-def _vllm_side(cases_dir: Path, runs: list, plugins: bool) -> dict:
+def _start_vllm_side(cases_dir: Path, runs: list, plugins: bool) -> tuple[subprocess.Popen, Path]:
     runs_file, out_file = cases_dir / f"runs_{plugins}.json", cases_dir / f"out_{plugins}.json"
     runs_file.write_text(json.dumps(runs))
     env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
@@ -98,22 +98,43 @@ def _vllm_side(cases_dir: Path, runs: list, plugins: bool) -> dict:
         env.pop("VLLM_PLUGINS", None)
     else:
         env["VLLM_PLUGINS"] = ""  # an allow-list naming no plugin: vLLM's own classes
-    done = subprocess.run(
-        [sys.executable, str(ENV_DIR / "vllm_side.py"), str(cases_dir), str(runs_file), str(out_file)],
-        capture_output=True, text=True, timeout=900, cwd=ROOT, env=env,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-6000:]
-    return json.loads(out_file.read_text())
+    command = [sys.executable, str(ENV_DIR / "vllm_side.py"), str(cases_dir), str(runs_file), str(out_file)]
+    with open(cases_dir / f"vllm_side_{plugins}.log", "w") as log:  # the child keeps its own handle
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+    return process, out_file
+
+
+def _wait(process: subprocess.Popen, deadline: float) -> int:
+    try:
+        return process.wait(timeout=max(deadline - time.monotonic(), 1))
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait(timeout=60)
 
 
 @pytest.fixture(scope="module")
-def stock(cases_dir) -> dict:
-    return _vllm_side(cases_dir, [*STOCK_RUNS, SAVED_BY_TRANSFORMERS], plugins=False)
+def sides(cases_dir) -> dict:
+    """Both vLLM sides at the same time (two processes, each running its engines one after another)."""
+    started = {
+        "stock": _start_vllm_side(cases_dir, [*STOCK_RUNS, SAVED_BY_TRANSFORMERS], plugins=False),
+        "plugin": _start_vllm_side(cases_dir, PLUGIN_RUNS, plugins=True),
+    }
+    deadline = time.monotonic() + 900
+    codes = {name: _wait(process, deadline) for name, (process, _) in started.items()}
+    for name, code in codes.items():
+        log = cases_dir / f"vllm_side_{name == 'plugin'}.log"
+        assert code == 0, f"vLLM side {name!r} failed:\n{log.read_text()[-6000:]}"
+    return {name: json.loads(out_file.read_text()) for name, (_, out_file) in started.items()}
 
 
 @pytest.fixture(scope="module")
-def plugin(cases_dir) -> dict:
-    return _vllm_side(cases_dir, PLUGIN_RUNS, plugins=True)
+def stock(sides) -> dict:
+    return sides["stock"]
+
+
+@pytest.fixture(scope="module")
+def plugin(sides) -> dict:
+    return sides["plugin"]
 
 
 def _result(side: dict, run: str, case: str) -> dict:
