@@ -6,10 +6,7 @@ of each video, which is where the HF path pools (`get_video_features`' output). 
 placeholder run with the same stage shape math (`count_tokens(frames, side, side, stages)`; this family has no
 newline token after a video). With no adapter config every method is vLLM's.
 
-Weights: transformers 5.x `save_pretrained` writes the CLIP tower as `vision_tower.{embeddings,encoder,...}.*`,
-names vLLM 0.32's class rejects (it expects the released checkpoints' `vision_tower.vision_model.*`), so an adapted
-folder saved by the HF path would not load. The plugin maps those names onto `vision_model.*`; checkpoints that
-stock vLLM loads map exactly as before.
+Weights: also the transformers 5.x CLIP names stock vLLM 0.32 does not read (weights.py).
 """
 
 from __future__ import annotations
@@ -25,7 +22,6 @@ from vllm.model_executor.models.llava_next_video import (
     LlavaNextVideoMultiModalProcessor,
     LlavaNextVideoProcessingInfo,
 )
-from vllm.model_executor.models.utils import WeightsMapper
 from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.multimodal.parse import VideoProcessorItems
 
@@ -34,10 +30,9 @@ from longctx_adapter.ops.pooling import pool_video
 from longctx_adapter.vllm_plugin.layout import pooled_video_tokens
 from longctx_adapter.vllm_plugin.rotary import install_fixed_rope
 from longctx_adapter.vllm_plugin.settings import adapter_for, log_not_applied
+from longctx_adapter.vllm_plugin.weights import with_vision_model_level
 
 _LOG = logging.getLogger(__name__)
-#: the CLIP tower's top-level modules, as transformers 5.x saves them (without the `vision_model.` level)
-_CLIP_PARTS = ("embeddings", "pre_layrnorm", "encoder", "post_layernorm")
 
 
 def _frame_side(tokens_per_frame: int) -> int:
@@ -74,10 +69,7 @@ class AdaptedNextVideoProcessor(LlavaNextVideoMultiModalProcessor):
     AdaptedNextVideoProcessor, info=LlavaNextVideoProcessingInfo, dummy_inputs=LlavaNextVideoDummyInputsBuilder
 )
 class AdaptedLlavaNextVideo(LlavaNextVideoForConditionalGeneration):
-    # applied after the stock prefixes (which strip a leading `model.`), in order
-    hf_to_vllm_mapper = LlavaNextVideoForConditionalGeneration.hf_to_vllm_mapper | WeightsMapper(
-        orig_to_new_prefix={f"vision_tower.{part}.": f"vision_tower.vision_model.{part}." for part in _CLIP_PARTS}
-    )
+    hf_to_vllm_mapper = with_vision_model_level(LlavaNextVideoForConditionalGeneration.hf_to_vllm_mapper)
 
     def __init__(self, *, vllm_config, prefix: str = "") -> None:
         super().__init__(vllm_config=vllm_config, prefix=prefix)

@@ -3,7 +3,8 @@
 As on the HF path (patches/llava_onevision.py): the vision tower and projector are vLLM's own, the pooling stages
 act on the (frames, 27, 27) grid of each video instead of the stock bilinear 2x, and the one `image_newline` per
 video follows the pooled tokens. The processor sizes each video's placeholder run with the same stage shape math
-(`count_tokens(frames, side, side, stages) + 1`). With no adapter config every method is vLLM's.
+(`count_tokens(frames, side, side, stages) + 1`). With no adapter config every method is vLLM's. Weights: also the
+transformers 5.x SigLIP names stock vLLM 0.32 does not read (weights.py).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from longctx_adapter.ops.pooling import pool_video
 from longctx_adapter.vllm_plugin.layout import pooled_video_tokens
 from longctx_adapter.vllm_plugin.rotary import install_fixed_rope
 from longctx_adapter.vllm_plugin.settings import adapter_for, log_not_applied
+from longctx_adapter.vllm_plugin.weights import with_vision_model_level
 
 _LOG = logging.getLogger(__name__)
 
@@ -59,6 +61,8 @@ class AdaptedOnevisionProcessor(LlavaOnevisionMultiModalProcessor):
     AdaptedOnevisionProcessor, info=LlavaOnevisionProcessingInfo, dummy_inputs=LlavaOnevisionDummyInputsBuilder
 )
 class AdaptedLlavaOnevision(LlavaOnevisionForConditionalGeneration):
+    hf_to_vllm_mapper = with_vision_model_level(LlavaOnevisionForConditionalGeneration.hf_to_vllm_mapper)
+
     def __init__(self, *, vllm_config, prefix: str = "") -> None:
         super().__init__(vllm_config=vllm_config, prefix=prefix)
         self.longctx_adapter = adapter_for(vllm_config.model_config)

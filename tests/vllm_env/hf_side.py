@@ -9,16 +9,16 @@ the HF path, so the two sides meet only through these files.
 Checkpoints (random weights, fixed seeds, float32; head_dim 32 because vLLM's CPU attention supports head sizes
 32 and up, while the shared tiny factory uses 16):
 - `ov`: LLaVA-OneVision (SigLIP 28 px / patch 4 = 7x7 grid, Qwen2 decoder with 2 heads of 32). Its SigLIP weights
-  are renamed from transformers 5.x's `vision_tower.{embeddings,encoder,post_layernorm}.*` to the older
-  `vision_tower.vision_model.*` layout (transformers reloads it to equal weights, checked here), so the tests see
-  vLLM load both layouts (`ov_saved` keeps the 5.x one).
-- `ov_saved`: the same model saved by an adapted model's `save_pretrained` (transformers 5.x layout, plus
+  are renamed from transformers 5.x's `vision_tower.{embeddings,encoder,post_layernorm}.*` to the released
+  checkpoints' `vision_tower.vision_model.*` layout (transformers reloads it to equal weights, checked here), the
+  only one stock vLLM 0.32 loads (`ov_saved` keeps the 5.x one).
+- `ov_saved`: the same weights saved by an adapted model's `save_pretrained` (transformers 5.x names for a model
+  built from its config: `vision_tower.embeddings.*`, which stock vLLM 0.32 cannot load and the plugin maps; plus
   longctx_adapter.json): what a user serves with `vllm serve <folder>`.
 - `nv`: LLaVA-NeXT-Video (CLIP 32 px / patch 4 = 8x8 grid, the model's 2x average pooler -> 4x4 per frame, Llama
   decoder with 2 heads of 32), CLIP weights in the `vision_tower.vision_model.*` layout of the released checkpoints
   (stock vLLM 0.32 loads only that one for this class).
-- `nv_saved`: the same model saved by an adapted model's `save_pretrained` (transformers 5.x writes the CLIP tower
-  as `vision_tower.{embeddings,encoder,...}.*`, which the plugin maps) plus longctx_adapter.json.
+- `nv_saved`: the same for LLaVA-NeXT-Video (its CLIP tower as `vision_tower.{embeddings,encoder,...}.*`).
 - `qwen`: Qwen2-VL (patch 4, merge 2: 32x32 frames -> 4x4 merged tokens per temporal patch; M-RoPE sections
   [4, 6, 6] for head_dim 32).
 """
@@ -82,6 +82,20 @@ def _ov_checkpoint(out: Path) -> torch.nn.Module:
 def _nv_checkpoint(out: Path) -> torch.nn.Module:
     model = tiny_model("llava_next_video", num_attention_heads=2, num_key_value_heads=2)
     return _vision_model_layout(model, out, tiny_processor("llava_next_video"))
+
+
+def _save_adapted(model_type: str, reference: torch.nn.Module, config: dict, out: Path) -> None:
+    """What `save_pretrained` of an adapted model built by transformers 5.x writes: its own weight names (the
+    vision tower without the `vision_model.` level; a model loaded from a checkpoint would be saved back in that
+    checkpoint's layout) plus longctx_adapter.json. Same seed, so the same weights as `reference`."""
+    model = tiny_model(model_type, num_attention_heads=2, num_key_value_heads=2)
+    for (name, a), (_, b) in zip(model.state_dict().items(), reference.state_dict().items()):
+        assert torch.equal(a, b), f"{name} differs from the reference checkpoint"
+    with apply_adapter(model, AdapterConfig.from_dict(config)):
+        model.save_pretrained(out)
+    tiny_processor(model_type).save_pretrained(out)
+    assert (out / "longctx_adapter.json").is_file()
+    assert any(k.startswith("vision_tower.embeddings.") for k in load_file(out / "model.safetensors"))
 
 
 def _qwen_processor():
@@ -155,11 +169,7 @@ def main(out_dir: str) -> None:
                 "hf": _greedy(ov, ov_inputs, config),
             }
         )
-    # an adapted model saved by save_pretrained: transformers 5.x weight layout plus longctx_adapter.json
-    with apply_adapter(ov, AdapterConfig.from_dict(OV_POOLED)):
-        ov.save_pretrained(out / "ov_saved")
-    tiny_processor("llava_onevision").save_pretrained(out / "ov_saved")
-    assert (out / "ov_saved" / "longctx_adapter.json").is_file()
+    _save_adapted("llava_onevision", ov, OV_POOLED, out / "ov_saved")
 
     nv = _nv_checkpoint(out / "nv")
     nv_video = synthetic_video(NV_FRAMES, NV_SIDE, NV_SIDE, seed=5)
@@ -183,10 +193,7 @@ def main(out_dir: str) -> None:
                 "hf": _greedy(nv, nv_inputs, config),
             }
         )
-    with apply_adapter(nv, AdapterConfig.from_dict(NV_POOLED)):
-        nv.save_pretrained(out / "nv_saved")
-    tiny_processor("llava_next_video").save_pretrained(out / "nv_saved")
-    assert (out / "nv_saved" / "longctx_adapter.json").is_file()
+    _save_adapted("llava_next_video", nv, NV_POOLED, out / "nv_saved")
 
     qwen = _qwen_checkpoint(out / "qwen")
     qwen_video = synthetic_video(QWEN_FRAMES, QWEN_SIDE, QWEN_SIDE, seed=4)
