@@ -213,6 +213,29 @@ def test_stock_vllm_cannot_load_transformers_5_tower_names(stock):
     assert "vision_tower.embeddings" in stock["runs"]["ov_saved"]["error"]
 
 
+def test_weight_names_map_as_stock_except_the_flat_tower_names():
+    """The plugin's mapper is vLLM's own for every name vLLM reads; only the flat 5.x tower names gain a level."""
+    from vllm.model_executor.models.llava_next_video import LlavaNextVideoForConditionalGeneration as Stock
+
+    from longctx_adapter.vllm_plugin.weights import with_vision_model_level
+
+    ours, theirs = with_vision_model_level(Stock.hf_to_vllm_mapper), Stock.hf_to_vllm_mapper
+    read_by_stock = [
+        "model.vision_tower.vision_model.encoder.layers.0.mlp.fc1.weight",
+        "vision_tower.vision_model.embeddings.patch_embedding.weight",
+        "model.language_model.layers.0.self_attn.q_proj.weight",
+        "language_model.model.embed_tokens.weight",
+        "model.multi_modal_projector.linear_1.bias",
+        "lm_head.weight",
+        "model.image_newline",
+    ]
+    assert [ours.map_name(n) for n in read_by_stock] == [theirs.map_name(n) for n in read_by_stock]
+    for flat in ("model.vision_tower.embeddings.class_embedding", "vision_tower.encoder.layers.1.layer_norm1.bias",
+                 "model.vision_tower.pre_layrnorm.weight", "vision_tower.post_layernorm.bias"):  # fmt: skip
+        part = flat.split("vision_tower.", 1)[1]
+        assert ours.map_name(flat) == "vision_tower.vision_model." + part
+
+
 def test_unservable_configs_are_refused_with_the_fix(plugin):
     per_call = plugin["runs"]["refuse_per_call_rope"]["error"]
     assert "AdapterError" in per_call and "fixed" in per_call and "factor" in per_call
