@@ -114,8 +114,9 @@ def _wait(process: subprocess.Popen, deadline: float) -> int:
 
 
 @pytest.fixture(scope="module")
-def sides(cases_dir) -> dict:
-    """Both vLLM sides at the same time (two processes, each running its engines one after another)."""
+def sides(cases_dir, server) -> dict:
+    """Both vLLM sides at the same time (two processes, each running its engines one after another), while the
+    OpenAI-compatible server boots."""
     started = {
         "stock": _start_vllm_side(cases_dir, [*STOCK_RUNS, SAVED_BY_TRANSFORMERS], plugins=False),
         "plugin": _start_vllm_side(cases_dir, PLUGIN_RUNS, plugins=True),
@@ -295,56 +296,66 @@ def _post(url: str, body: dict, timeout: float = 120) -> dict:
         return json.loads(response.read())
 
 
-def test_openai_server_answers_a_video_chat(cases_dir, cases):
-    """`vllm serve <adapted folder>` on 127.0.0.1 answers a chat request with a video, pooled; then shuts down."""
-    import numpy as np
-
-    port = _free_port()
-    command = [
-        sys.executable, str(ENV_DIR / "vllm_cli.py"), "serve", str(cases_dir / "ov_saved"),
-        "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--max-model-len", "4096",
-        "--enforce-eager", "--kv-cache-memory-bytes", str(128 << 20), "--limit-mm-per-prompt", '{"video": 1}',
-    ]  # fmt: skip
-    log = open(cases_dir / "server.log", "w")  # noqa: SIM115 - closed in finally
-    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 420
-        while True:
-            assert server.poll() is None, (cases_dir / "server.log").read_text()[-4000:]
-            try:
-                with urllib.request.urlopen(base + "/health", timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            assert time.monotonic() < deadline, (
-                "server did not start:\n" + (cases_dir / "server.log").read_text()[-4000:]
-            )
-            time.sleep(2)
-        video = np.load(cases_dir / "ov_video.npy")
-        reply = _post(
-            base + "/v1/chat/completions",
-            {
-                "model": str(cases_dir / "ov_saved"),
-                "messages": [{"role": "user", "content": [
-                    {"type": "video_url", "video_url": {"url": _mp4_data_url(video)}},
-                    {"type": "text", "text": "what color is the square ?"},
-                ]}],
-                "max_tokens": 3,
-                "temperature": 0,
-            },
-        )  # fmt: skip
-        assert isinstance(reply["choices"][0]["message"]["content"], str)
-        assert reply["usage"]["completion_tokens"] >= 1
-        # the chat template renders the HF side's prompt; the video's run has the pooled length (8 frames decoded)
-        assert reply["usage"]["prompt_tokens"] == cases["ov_pooled"]["prompt_tokens"]
-    finally:
+def _stop(server: subprocess.Popen) -> None:
+    if server.poll() is None:
         server.terminate()
         try:
             server.wait(timeout=60)
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait(timeout=30)
-        log.close()
-    assert server.returncode is not None
+
+
+@pytest.fixture(scope="module")
+def server(cases_dir):
+    """`vllm serve <adapted folder>` on 127.0.0.1, started as soon as the checkpoints exist (it boots while the
+    other engines run); stopped after the module."""
+    port = _free_port()
+    command = [
+        sys.executable, str(ENV_DIR / "vllm_cli.py"), "serve", str(cases_dir / "ov_saved"),
+        "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--max-model-len", "4096",
+        "--enforce-eager", "--kv-cache-memory-bytes", str(128 << 20), "--limit-mm-per-prompt", '{"video": 1}',
+    ]  # fmt: skip
+    with open(cases_dir / "server.log", "w") as log:  # the child keeps its own handle
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+    try:
+        yield process, f"http://127.0.0.1:{port}", cases_dir / "server.log"
+    finally:
+        _stop(process)
+
+
+def test_openai_server_answers_a_video_chat(server, cases_dir, cases):
+    """`vllm serve <adapted folder>` on 127.0.0.1 answers a chat request with a video, pooled; then shuts down."""
+    import numpy as np
+
+    process, base, log = server
+    deadline = time.monotonic() + 600
+    while True:
+        assert process.poll() is None, log.read_text()[-4000:]
+        try:
+            with urllib.request.urlopen(base + "/health", timeout=5) as response:
+                if response.status == 200:
+                    break
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        assert time.monotonic() < deadline, "server did not start:\n" + log.read_text()[-4000:]
+        time.sleep(2)
+    video = np.load(cases_dir / "ov_video.npy")
+    reply = _post(
+        base + "/v1/chat/completions",
+        {
+            "model": str(cases_dir / "ov_saved"),
+            "messages": [{"role": "user", "content": [
+                {"type": "video_url", "video_url": {"url": _mp4_data_url(video)}},
+                {"type": "text", "text": "what color is the square ?"},
+            ]}],
+            "max_tokens": 3,
+            "temperature": 0,
+        },
+    )  # fmt: skip
+    assert isinstance(reply["choices"][0]["message"]["content"], str)
+    assert reply["usage"]["completion_tokens"] >= 1
+    # the chat template renders the HF side's prompt; the video's run has the pooled length (8 frames decoded)
+    assert reply["usage"]["prompt_tokens"] == cases["ov_pooled"]["prompt_tokens"]
+    _stop(process)
+    assert process.returncode is not None
