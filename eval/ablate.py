@@ -8,8 +8,8 @@ is evaluated on those inputs with its config applied (``apply_adapter`` ... ``ha
 pooling and rope both off runs the stock model without an adapter).
 
 Results: one JSON line per (item, frames, config) in ``<out>/results.jsonl``, appended and flushed as soon as it
-is computed; a rerun reads every line that is there and computes only what is missing, so a killed run loses at
-most the unit in flight (a partial last line is cut off on restart). The key of a line is
+is computed; a rerun reads every line that is there and computes only what is missing or ended in an error, so a
+killed run loses at most the unit in flight (a partial last line is cut off on restart). The key of a line is
 ``(item, frames, config label)``; the config's JSON is stored too. Per line: the scored prediction and whether it
 is right (``mode``: ``loglik`` teacher-forced option likelihood, ``generate`` greedy generation + answer matching, or
 ``both``), visual tokens before/after pooling, RoPE factor, peak memory and time of that cell.
@@ -19,9 +19,9 @@ own device), takes its share of the pending items (``PartialState.split_between_
 ``<out>/results.rank<R>.jsonl``; at the end the main process merges every file into ``results.jsonl`` (one line per
 key) and writes the summary. Resuming works with any number of processes.
 
-Summary: ``summary.md`` (Markdown table: accuracy, n, errors, visual tokens, RoPE factor, peak memory and mean time
-per (frames, config)), ``summary.json``, ``accuracy.png`` (accuracy and peak memory against frames, one line per
-config), and for V-NIAH items ``niah_<config>.png`` heatmaps (depth x frames).
+Summary: ``summary.md`` (Markdown table: accuracy, n, errors, visual tokens, RoPE factor, KV-cache size, peak memory
+and mean time per (frames, config)), ``summary.json``, ``accuracy.png`` (accuracy and the prompt's KV-cache size,
+computed from token counts, against frames, one line per config), and for V-NIAH items ``niah_<config>.png`` heatmaps (depth x frames).
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ __all__ = [
 ]
 
 MODES = ("loglik", "generate", "both")
+KV_AXIS_LABEL = "KV cache after prefill (MiB, computed from tokens)"
 RESULTS = "results.jsonl"
 
 
@@ -107,11 +108,14 @@ def _result_files(out_dir: Path) -> list[Path]:
 
 
 def load_results(out_dir) -> dict[tuple, dict]:
-    """Every result line under ``out_dir`` (merged file and per-process files), one per key (first wins)."""
+    """Every result line under ``out_dir`` (merged file and per-process files), one per key: the first success,
+    else the first error."""
     out: dict[tuple, dict] = {}
     for path in _result_files(Path(out_dir)):
         for rec in _read_jsonl(path):
-            out.setdefault(result_key(rec["item"], rec["frames"], rec["config"]), rec)
+            key = result_key(rec["item"], rec["frames"], rec["config"])
+            if key not in out or (out[key].get("error") and not rec.get("error")):  # a later success wins
+                out[key] = rec
     return out
 
 
@@ -161,6 +165,17 @@ def _to_model(inputs, model):
     return moved
 
 
+def kv_bytes_per_token(model) -> int:
+    """Bytes of keys and values one prompt token adds to the decoder's cache: 2 x layers x KV heads x head dim x
+    element size. The ablation's memory column: computed from the token count (deterministic per configuration,
+    unlike a process's peak RSS, which creeps with run order on CPU)."""
+    text = model.config.get_text_config()
+    heads = text.num_attention_heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads
+    return 2 * text.num_hidden_layers * kv_heads * head_dim * model.dtype.itemsize
+
+
 def _evaluate_cell(model, tokenizer, inputs, item, cell: GridCell, mode, target, reduce, max_new_tokens, probe):
     from longctx_adapter.eval.option_scoring import generate_answer, match_option, score_options
     from longctx_adapter.eval.runner import placeholder_count
@@ -183,11 +198,13 @@ def _evaluate_cell(model, tokenizer, inputs, item, cell: GridCell, mode, target,
         if handle is not None:
             handle.remove()
     before = placeholder_count(model, inputs["input_ids"])
+    after = sum(int(s["tokens_after"]) for s in stats) if stats else before
     factors = [s["rope_factor"] for s in stats if s.get("rope_factor") is not None]
     record.update(
         tokens_before=before,
-        tokens_after=sum(int(s["tokens_after"]) for s in stats) if stats else before,
+        tokens_after=after,
         rope_factor=max(factors) if factors else None,
+        kv_cache_bytes=kv_bytes_per_token(model) * (int(inputs["input_ids"].shape[1]) - before + after),
         **measured,
     )
     if item.answer is not None:
@@ -237,7 +254,7 @@ def run_ablation(
             "frames": list(frames), "cells": {c.label: c.config_dict for c in cells}, "mode": mode, "target": target,
             "reduce": reduce, "items": len(items), "model_type": model.config.model_type}, indent=2) + "\n")
     state.wait_for_everyone()
-    done = load_results(out_dir)
+    done = {key: rec for key, rec in load_results(out_dir).items() if not rec.get("error")}  # errors: recomputed
     labels = [c.label for c in cells]
     pending = [it for it in items if any(result_key(it.id, n, lab) not in done for n in frames for lab in labels)]
     state.wait_for_everyone()  # every process has read the same results before anyone writes
@@ -341,6 +358,7 @@ def summarize(records, labels: Sequence[str] | None = None) -> list[dict]:
             "tokens_before": mean("tokens_before"),
             "tokens_after": mean("tokens_after"),
             "rope_factor": mean("rope_factor"),
+            "kv_cache_bytes": mean("kv_cache_bytes"),
             "peak_mem_bytes": max(mems) if mems else None,
             "mem_method": next((r["mem_method"] for r in recs if r.get("mem_method")), None),
             "time_s": mean("time_s"),
@@ -358,7 +376,7 @@ def to_markdown(rows) -> str:
     head = ["frames", "config", "n"]
     head += ["accuracy"] if has_acc else []
     head += ["gen. accuracy"] if has_gen else []
-    head += ["errors", "visual tokens", "RoPE factor", "peak memory (MiB)", "time / item (s)"]
+    head += ["errors", "visual tokens", "RoPE factor", "KV cache (MiB)", "peak memory (MiB)", "time / item (s)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [str(r["frames"]), f"`{r['config']}`", str(r["n"])]
@@ -366,13 +384,16 @@ def to_markdown(rows) -> str:
         cells += [_cell(r["gen_accuracy"], "{:.3f}")] if has_gen else []
         tokens = "-" if r["tokens_before"] is None else f"{r['tokens_before']:.0f} -> {r['tokens_after']:.0f}"
         mem = None if r["peak_mem_bytes"] is None else r["peak_mem_bytes"] / 2**20
-        cells += [str(r["errors"]), tokens, _cell(r["rope_factor"], "{:.2f}"), _cell(mem, "{:.1f}"),
+        kv = None if r.get("kv_cache_bytes") is None else r["kv_cache_bytes"] / 2**20
+        cells += [str(r["errors"]), tokens, _cell(r["rope_factor"], "{:.2f}"), _cell(kv, "{:.3f}"), _cell(mem, "{:.1f}"),
                   _cell(r["time_s"], "{:.3f}")]
         lines.append("| " + " | ".join(cells) + " |")
     method = next((r["mem_method"] for r in rows if r.get("mem_method")), None)
     if method:
         lines.append("")
-        lines.append(f"Peak memory: {method} (max over the cell's items); time: mean per item of the cell's scoring.")
+        lines.append(f"KV cache: keys and values of the prompt after prefill, computed from its token count (mean "
+                     f"per item); peak memory: {method} (max over the cell's items); time: mean per item of the "
+                     "cell's scoring.")
     return "\n".join(lines) + "\n"
 
 
@@ -402,7 +423,9 @@ def write_summary(records, out_dir, labels: Sequence[str] | None = None) -> dict
 
 
 def plot_summary(rows, path) -> Path:
-    """Accuracy (left) and peak memory (right) against frames, one line per config."""
+    """Accuracy (left) and the prompt's KV-cache size (right, computed from token counts) against frames, one line
+    per config. Not peak memory: on CPU a process's peak RSS creeps with run order and barely moves with a tiny
+    model's cache, so it would not mean what its label says."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -415,9 +438,9 @@ def plot_summary(rows, path) -> Path:
         sub = sorted((r for r in rows if r["config"] == label), key=lambda r: r["frames"])
         xs = [r["frames"] for r in sub]
         left.plot(xs, [r[key] if r[key] is not None else float("nan") for r in sub], marker="o", label=label)
-        right.plot(xs, [r["peak_mem_bytes"] / 2**20 if r["peak_mem_bytes"] else float("nan") for r in sub],
+        right.plot(xs, [r["kv_cache_bytes"] / 2**20 if r.get("kv_cache_bytes") else float("nan") for r in sub],
                    marker="o", label=label)
-    for ax, name in ((left, "accuracy"), (right, "peak memory (MiB)")):
+    for ax, name in ((left, "accuracy"), (right, KV_AXIS_LABEL)):
         ax.set_xlabel("frames")
         ax.set_ylabel(name)
         ax.set_xscale("log", base=2)

@@ -5,6 +5,16 @@ from __future__ import annotations
 import argparse
 import sys
 
+from longctx_adapter.eval.arguments import (
+    check_model_folder,
+    device_name,
+    dtype_choice,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    require_matplotlib,
+)
+
 from longctx_adapter.errors import AdapterError
 
 __all__ = ["ablation_bases", "add_ablate_parser", "add_niah_parser", "add_run_parser"]
@@ -25,11 +35,11 @@ _ABLATE_CONFIG_HELP = (
 def _model_options(parser) -> None:
     parser.add_argument("--model", required=True, metavar="PATH", help="local checkpoint folder (config, weights, "
                         "processor files), e.g. one written by save_pretrained")
-    parser.add_argument("--dtype", default="auto", help="auto (checkpoint dtype on GPU, float32 on CPU), bf16, fp16, "
+    parser.add_argument("--dtype", default="auto", type=dtype_choice("auto"), help="auto (checkpoint dtype on GPU, float32 on CPU), bf16, fp16, "
                         "fp32 or their torch names (bfloat16, ...)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (under accelerate launch: each "
+    parser.add_argument("--device", default="auto", type=device_name, help="auto, cpu, cuda, cuda:1 ... (under accelerate launch: each "
                         "process's own device)")
-    parser.add_argument("--visual-window", type=int, default=None, metavar="N",
+    parser.add_argument("--visual-window", type=positive_int, default=None, metavar="N",
                         help="visual training window in tokens for the RoPE shorthands (default: the family preset)")
     parser.add_argument("--backend", choices=("pyav", "decord", "torchcodec"), default="pyav",
                         help="video decoder (decord / torchcodec must be installed)")
@@ -50,11 +60,15 @@ def add_run_parser(sub) -> argparse.ArgumentParser:
     run.add_argument("--video", required=True, metavar="FILE", help="video file (anything PyAV/FFmpeg reads)")
     run.add_argument("--question", required=True, help="the question")
     sampling = run.add_mutually_exclusive_group()
-    sampling.add_argument("--frames", type=int, default=32, help="frames sampled uniformly (default 32)")
-    sampling.add_argument("--fps", type=float, default=None, help="sample at this rate instead (see --max-frames)")
-    run.add_argument("--max-frames", type=int, default=None, help="cap on frames with --fps")
+    sampling.add_argument("--frames", type=positive_int, default=32,
+                          help="frames sampled uniformly (default 32; capped at the video's frame count, with a "
+                          "warning)")
+    sampling.add_argument("--fps", type=positive_float, default=None, help="sample at this rate instead (see --max-frames)")
+    run.add_argument("--max-frames", type=positive_int, default=None, help="cap on frames with --fps")
     run.add_argument("--config", default=None, help=_CONFIG_HELP)
-    run.add_argument("--max-new-tokens", type=int, default=128)
+    run.add_argument("--max-new-tokens", type=positive_int, default=None,
+                     help="longest answer in tokens (default: the checkpoint's generation_config max_new_tokens "
+                     "when it sets one, else 128); generation also stops at the model's end token")
     run.set_defaults(func=_run)
     return run
 
@@ -84,13 +98,13 @@ def add_niah_parser(sub) -> argparse.ArgumentParser:
     actions = niah.add_subparsers(dest="niah_command", required=True)
     gen = actions.add_parser("generate", help="write a V-NIAH dataset")
     gen.add_argument("--out", required=True, metavar="DIR")
-    gen.add_argument("--items", type=int, default=None, help="items (default: one per depth)")
+    gen.add_argument("--items", type=positive_int, default=None, help="items (default: one per depth)")
     gen.add_argument("--depths", default="0,0.25,0.5,0.75,1", help="needle depths in [0, 1] (default 0,0.25,...,1)")
-    gen.add_argument("--haystack-frames", type=int, default=64, help="frames of the haystack video (default 64)")
-    gen.add_argument("--size", type=int, default=64, help="frame side in pixels (default 64)")
-    gen.add_argument("--options", type=int, default=4, help="options per question (default 4)")
-    gen.add_argument("--distractors", type=int, default=0, help="distractor needles per item (default 0)")
-    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--haystack-frames", type=positive_int, default=64, help="frames of the haystack video (default 64)")
+    gen.add_argument("--size", type=positive_int, default=64, help="frame side in pixels (default 64)")
+    gen.add_argument("--options", type=positive_int, default=4, help="options per question (default 4)")
+    gen.add_argument("--distractors", type=non_negative_int, default=0, help="distractor needles per item (default 0)")
+    gen.add_argument("--seed", type=non_negative_int, default=0)
     gen.add_argument("--format", choices=("npy", "mp4"), default="npy", help="haystack storage (default npy)")
     gen.set_defaults(func=_niah_generate)
     exp = actions.add_parser("export", help="write every item at every frame count as a video + annotations")
@@ -140,6 +154,9 @@ def _niah_plot(args) -> int:
     from longctx_adapter.eval.ablate import _read_jsonl
     from longctx_adapter.eval.niah import plot_heatmap
 
+    require_matplotlib("niah plot")
+    if not Path(args.results).is_file():
+        raise AdapterError(f"results file not found: {args.results} (pass the results.jsonl an ablate run wrote)")
     records = [r for r in _read_jsonl(Path(args.results)) if r.get("depth") is not None]
     if not records:
         raise AdapterError(f"{args.results} holds no V-NIAH results")
@@ -171,9 +188,9 @@ def add_ablate_parser(sub) -> argparse.ArgumentParser:
                         help="dataset format (auto: JSONL folder/file, .parquet = Video-MME)")
     ablate.add_argument("--video-dir", default=None, metavar="DIR", help="video folder of a public benchmark")
     ablate.add_argument("--tasks", default=None, help="MVBench/MLVU tasks to keep (comma-separated)")
-    ablate.add_argument("--limit", type=int, default=None, help="first N items only")
+    ablate.add_argument("--limit", type=positive_int, default=None, help="first N items only")
     ablate.add_argument("--frames", default="32", help="frame counts, e.g. 32,64,128 (default 32)")
-    ablate.add_argument("--fps", type=float, default=None, help="sample at this rate, --frames being the cap")
+    ablate.add_argument("--fps", type=positive_float, default=None, help="sample at this rate, --frames being the cap")
     ablate.add_argument("--config", action="append", default=None, metavar="CONFIG", help=_ABLATE_CONFIG_HELP)
     ablate.add_argument("--grid", action="append", default=[], metavar="AXIS=V1,V2",
                         help="an axis of the grid: pooling=none,progressive:2,8,4 or rope=none,yarn-all,yarn-visual "
@@ -184,7 +201,8 @@ def add_ablate_parser(sub) -> argparse.ArgumentParser:
     ablate.add_argument("--target", choices=("letter", "text", "both"), default="letter",
                         help="what loglik scores per option: ' A', ' <option text>' or ' A. <text>'")
     ablate.add_argument("--reduce", choices=("sum", "mean"), default="sum", help="loglik: sum or mean log-prob")
-    ablate.add_argument("--max-new-tokens", type=int, default=16)
+    ablate.add_argument("--max-new-tokens", type=positive_int, default=16,
+                        help="generate: tokens per answer (default 16)")
     ablate.add_argument("--out", required=True, metavar="DIR")
     ablate.add_argument("--no-progress", action="store_true")
     ablate.set_defaults(func=_ablate)
@@ -206,15 +224,18 @@ def ablation_bases(configs, model_path, model_type, visual_window=None):
 def _ablate(args) -> int:
     from accelerate import PartialState
     from longctx_adapter.eval.ablate import parse_frames, run_ablation, summarize, to_markdown
-    from longctx_adapter.eval.configs import expand_grid
+    from longctx_adapter.eval.configs import check_cells, expand_grid
     from longctx_adapter.eval.datasets import load_dataset
     from longctx_adapter.eval.runner import load_model
     from transformers import AutoConfig
 
+    # Everything that can be refused is refused before the model loads and before any unit runs.
+    require_matplotlib("ablate")  # the summary plots come at the end of the run
     frames = parse_frames(args.frames)
-    model_type = AutoConfig.from_pretrained(args.model).model_type
+    model_type = check_model_folder(args.model)
     bases = ablation_bases(args.config, args.model, model_type, args.visual_window)
-    cells = expand_grid(args.grid, model_type, args.visual_window, bases)  # refuse bad grids before loading anything
+    cells = expand_grid(args.grid, model_type, args.visual_window, bases)
+    check_cells(cells, AutoConfig.from_pretrained(args.model), frames)  # each config against this model's sizes
     tasks = args.tasks.split(",") if args.tasks else None
     items = load_dataset(args.dataset, args.kind, args.video_dir, tasks=tasks, limit=args.limit)
     import torch

@@ -115,3 +115,37 @@ def expand_grid(
 
 def config_label(config: AdapterConfig | None) -> str:
     return "none" if config is None else config.to_json(sort_keys=True)
+
+
+def check_cells(cells: Sequence[GridCell], model_config, frames: Sequence[int] = ()) -> None:
+    """Refuse, before anything runs, a cell whose config this model cannot take: a window its frame grid cannot
+    hold (at any of ``frames``), or RoPE settings its decoder's rotary cannot take. Arithmetic on the config only
+    (no weights): the same checks ``apply_adapter`` and pooling make, so a grid that passes here does not end in a
+    results file full of errors."""
+    from longctx_adapter.hooks.rotary import RopeBase
+    from longctx_adapter.ops.pooling import check_frame_grid, pooled_shape
+    from longctx_adapter.registry import family_for
+
+    family = family_for(model_config.model_type)
+    for cell in cells:
+        config = cell.config
+        if config is None:
+            continue
+        try:
+            if config.pooling:
+                height, width = family.frame_grid(model_config)
+                check_frame_grid(height, width, config.pooling)
+                for n in frames:
+                    if family.video_grid is not None:
+                        grid = family.video_grid(model_config, int(n), family.frame_size)
+                    else:
+                        grid = (int(n), height, width)
+                    pooled_shape(*grid, config.pooling)
+            if config.rope is not None:
+                RopeBase.from_text_config(model_config.text_config)
+        except (AdapterError, ValueError) as exc:
+            where = f"grid cell {cell.label!r}" if cell.label else "the config"
+            raise AdapterError(
+                f"{where} cannot run on this {model_config.model_type} model: {exc}; change or drop that value "
+                "(nothing was run)"
+            ) from None

@@ -167,9 +167,9 @@ class NiahItem(EvalItem):
         if max_frames is not None:
             num_frames = min(num_frames, max_frames)
         haystack = _load_haystack(spec["haystack"], backend)
-        frames, positions = niah_frames(haystack, num_frames, spec)
+        idx = sample_indices(haystack.shape[0], num_frames, source="the V-NIAH haystack")
+        frames, positions = niah_frames(haystack, num_frames, spec, indices=idx)
         rate = float(spec.get("fps", 1.0))
-        idx = sample_indices(haystack.shape[0], num_frames)
         return VideoClip(frames, idx / rate, idx, haystack.shape[0], rate, spec["haystack"], "niah",
                          meta={"needle_positions": positions})
 
@@ -212,14 +212,15 @@ def _positions(num_frames: int, depths: list[float]) -> list[int]:
     return taken
 
 
-def niah_frames(haystack: np.ndarray, num_frames: int, spec: dict) -> tuple[np.ndarray, list[int]]:
+def niah_frames(haystack: np.ndarray, num_frames: int, spec: dict, indices=None) -> tuple[np.ndarray, list[int]]:
     """N frames sampled uniformly from the haystack with the needle (and distractors) drawn in; returns the frames
-    and the needle's then the distractors' positions."""
-    idx = sample_indices(haystack.shape[0], num_frames)
+    and the needle's then the distractors' positions. A haystack shorter than N gives each of its frames once
+    (sample_indices warns); ``indices``: the haystack frames, when the caller sampled them already."""
+    idx = sample_indices(haystack.shape[0], num_frames, source="the V-NIAH haystack") if indices is None else indices
     frames = np.ascontiguousarray(haystack[idx]).copy()
     needles = [spec["needle"], *spec.get("distractors", [])]
     depths = [spec["depth"], *[d["depth"] for d in spec.get("distractors", [])]]
-    positions = _positions(num_frames, depths)
+    positions = _positions(len(idx), depths)
     for needle, pos in zip(needles, positions):
         frames[pos] = draw_shape(frames[pos], needle["shape"], needle["color"], needle.get("center"),
                                  needle.get("radius"))
@@ -337,7 +338,7 @@ def export_videos(dataset_dir, frame_counts, out_dir=None, video_format: str = "
             else:
                 write_video(out / name, clip.frames, fps=fps)
             records.append({"id": f"{item.id}@{n}", "video": name, "question": item.question, "options": item.options,
-                            "answer": item.answer, "meta": {"depth": item.depth, "frames": int(n)}})
+                            "answer": item.answer, "meta": {"depth": item.depth, "frames": len(clip)}})
     file = out / ANNOTATIONS
     with open(file, "w", encoding="utf-8") as fh:
         for rec in records:

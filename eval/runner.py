@@ -17,7 +17,9 @@ import sys
 
 from longctx_adapter.errors import AdapterError
 
-__all__ = ["load_model", "placeholder_count", "resolve_device", "resolve_dtype", "run_question"]
+DEFAULT_MAX_NEW_TOKENS = 128
+
+__all__ = ["DEFAULT_MAX_NEW_TOKENS", "load_model", "placeholder_count", "resolve_device", "resolve_dtype", "run_question"]
 
 
 def resolve_device(device: str | None = "auto"):
@@ -87,7 +89,7 @@ def run_question(
     max_frames: int | None = None,
     config: str | None = None,
     visual_window: int | None = None,
-    max_new_tokens: int = 128,
+    max_new_tokens: int | None = None,
     dtype: str = "auto",
     device: str = "auto",
     backend: str = "pyav",
@@ -96,22 +98,21 @@ def run_question(
     """What ``longctx-adapter run`` does; returns the answer and the adapter's report (also printed to ``out``).
 
     config: any form of the config grammar (docs/configuration.md); None: the folder's saved
-    ``longctx_adapter.json``, else the family preset."""
-    from pathlib import Path
-
+    ``longctx_adapter.json``, else the family preset. max_new_tokens: None takes the checkpoint's
+    ``generation_config.max_new_tokens`` when it sets one (a model without an end token declares its answer length
+    there), else 128."""
+    from longctx_adapter.eval.arguments import check_model_folder
     from longctx_adapter.eval.video import load_video, video_inputs
-    from transformers import AutoConfig, TextStreamer
+    from transformers import TextStreamer
 
     from longctx_adapter import apply_adapter
     from longctx_adapter.config_text import config_source, parse_config
     from longctx_adapter.profiling.memory import measure, memory_probe
 
     out = out or sys.stdout
-    if not Path(model_path).exists():
-        raise AdapterError(f"model folder not found: {model_path} (run loads local checkpoints only)")
-    # Refuse a bad video or config before loading any weights.
+    # Refuse a bad folder, video or config before loading any weights.
+    model_type = check_model_folder(model_path)
     clip = load_video(video, None if fps is not None else frames, fps=fps, max_frames=max_frames, backend=backend)
-    model_type = AutoConfig.from_pretrained(model_path).model_type
     adapter = parse_config(config, model_type, folder=model_path, visual_window=visual_window)
     source = config_source(config, model_path)
     model, proc = load_model(model_path, dtype=dtype, device=device)
@@ -130,9 +131,11 @@ def run_question(
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         import torch
 
+        if max_new_tokens is None and getattr(model.generation_config, "max_new_tokens", None) is None:
+            max_new_tokens = DEFAULT_MAX_NEW_TOKENS
+        length = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}
         with measure(probe) as measured, torch.inference_mode():
-            generated = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, streamer=streamer,
-                                       pad_token_id=pad)
+            generated = model.generate(**inputs, do_sample=False, streamer=streamer, pad_token_id=pad, **length)
         stats = list(handle.last_stats) if handle is not None else []
     finally:
         if handle is not None:
@@ -158,7 +161,8 @@ def run_question(
     print(f"  config        : {described}", file=out)
     print(f"  frames        : {len(clip)} of {clip.total_frames} ({span}, {clip.backend})", file=out)
     print(f"  visual tokens : {before} -> {after}", file=out)
-    print(f"  rope factor   : {report['rope_factor'] if factors else 'stock RoPE'}", file=out)
+    factor = "stock RoPE" if not factors else f"{report['rope_factor']:.3f}"  # 3 decimals: a ratio of token counts
+    print(f"  rope factor   : {factor}", file=out)
     print(f"  peak memory   : {_fmt_bytes(measured['peak_mem_bytes'])} ({measured['mem_method']})", file=out)
     print(f"  generate time : {measured['time_s']:.2f} s", file=out)
     return report

@@ -141,6 +141,9 @@ def train(args) -> dict:
         "machine": f"{platform.machine()} {platform.processor()}",
     }
     os.makedirs(args.out, exist_ok=True)
+    # The model answers with one word and has no end token: its generation config says how long an answer is, so
+    # `generate()` without max_new_tokens (what `longctx-adapter run` does by default) stops there.
+    model.generation_config.max_new_tokens = 1
     model.save_pretrained(args.out)
     tiny_processor("llava_onevision").save_pretrained(args.out)
     with open(os.path.join(args.out, "train_summary.json"), "w") as f:

@@ -6,13 +6,17 @@ Decoding
 when asked for) and samples frames:
 
 - ``num_frames=N``: N frame indices spread uniformly over the whole video, ``round(linspace(0, total - 1, N))``
-  (first and last frame included; a video shorter than N frames repeats frames, so the count is always N);
+  (first and last frame included);
 - ``fps=F``: one frame every ``1/F`` seconds of presentation time starting at the first frame (the frame shown at
   that instant), then uniformly thinned to ``max_frames`` when there are more;
 - neither: every frame (thinned to ``max_frames``).
 
 ``sampling="lmms"`` takes lmms-eval 0.7's rule instead (its ``read_video``, which its built-in video models use):
 see :func:`lmms_sample_indices`. The lmms-eval plugin samples this way so its frames are the built-in models'.
+
+Asking for more frames than there are (``N`` above the video's frame count, or ``F`` above its frame rate) never
+repeats a frame: every frame is sampled once and a :class:`FrameCountWarning` names the real count (the
+command-line tools print it as one ``warning:`` line). A clip's length is therefore at most the video's frame count.
 
 It returns a :class:`VideoClip`: ``frames`` uint8 ``(T, H, W, 3)`` RGB, ``timestamps`` in seconds, the source
 indices, fps and frame count. A missing, empty, truncated or undecodable file raises :class:`VideoDecodeError`
@@ -32,6 +36,7 @@ and decoding stay ours where they are stricter than ``video_utils`` (see :func:`
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -42,6 +47,8 @@ from longctx_adapter.registry import family_for
 
 __all__ = [
     "BACKENDS",
+    "FrameCountWarning",
+    "VIDEO_QUALITIES",
     "VideoClip",
     "VideoDecodeError",
     "build_prompt",
@@ -57,10 +64,20 @@ __all__ = [
 BACKENDS = ("pyav", "decord", "torchcodec")
 #: frame sampling rules of :func:`load_video`: this package's own, and lmms-eval's (:func:`lmms_sample_indices`)
 SAMPLING_RULES = ("round", "lmms")
+#: how to install each backend (PyAV's package is `av`, part of the video extra)
+_INSTALL = {
+    "pyav": "pip install av, or the video extra: pip install 'longctx-adapter[video]'",
+    "decord": "pip install decord, or use the pyav backend",
+    "torchcodec": "pip install torchcodec, or use the pyav backend",
+}
 
 
 class VideoDecodeError(AdapterError):
     """A video file that cannot be read: missing, empty, truncated, not a video, or a backend failure."""
+
+
+class FrameCountWarning(UserWarning):
+    """More frames were asked for than the video has: every frame is sampled once instead (none repeated)."""
 
 
 @dataclass
@@ -96,11 +113,14 @@ def sample_indices(
     fps: float | None = None,
     times: Sequence[float] | None = None,
     max_frames: int | None = None,
+    source: str = "the video",
 ) -> np.ndarray:
-    """Indices of the frames to keep out of ``total`` (see the module docstring for the rules).
+    """Indices of the frames to keep out of ``total`` (see the module docstring for the rules); ``source`` names
+    the frames in the warning.
 
     Ours, not ``transformers.video_utils.default_sample_indices_fn``: that one drops the last frame
-    (``arange(n) * total // n``) and refuses more frames than the video has, where we keep first and last and repeat.
+    (``arange(n) * total // n``) and refuses more frames than the video has, where we keep first and last and, when
+    asked for more frames than there are, take each frame once with a :class:`FrameCountWarning`.
 
     ``times`` (seconds, ascending, one per frame) is needed for ``fps`` sampling; without it frames are assumed
     evenly spaced at 1 s / index (callers pass the real presentation times).
@@ -112,16 +132,31 @@ def sample_indices(
     if num_frames is not None:
         if isinstance(num_frames, bool) or int(num_frames) != num_frames or num_frames < 1:
             raise AdapterError(f"num_frames must be a positive integer, got {num_frames!r}")
+        if num_frames > total:
+            warnings.warn(f"asked for {int(num_frames)} frames but {source} has {total}; sampling all {total} "
+                          "(no frame repeated)", FrameCountWarning, stacklevel=2)
+            return np.arange(total, dtype=np.int64)
         return np.rint(np.linspace(0, total - 1, int(num_frames))).astype(np.int64)
     if fps is not None:
-        if not fps > 0:
-            raise AdapterError(f"fps must be positive, got {fps!r}")
+        if not fps > 0 or not np.isfinite(fps):
+            raise AdapterError(f"fps must be a positive finite number, got {fps!r}")
         t = np.asarray(times if times is not None else np.arange(total), dtype=np.float64)
         if t.shape[0] != total:
             raise AdapterError(f"times has {t.shape[0]} entries for {total} frames")
-        targets = np.arange(t[0], t[-1] + 1e-9, 1.0 / fps)
-        idx = np.searchsorted(t, targets + 1e-9, side="right") - 1  # the frame on screen at each target time
-        idx = np.unique(np.clip(idx, 0, total - 1))
+        wanted = int(np.floor((t[-1] - t[0]) * fps + 1e-9)) + 1  # sample times in [first, last], counted first
+        if wanted > total:
+            idx = np.arange(total, dtype=np.int64)
+        else:
+            targets = np.arange(t[0], t[-1] + 1e-9, 1.0 / fps)
+            idx = np.searchsorted(t, targets + 1e-9, side="right") - 1  # the frame on screen at each target time
+            idx = np.clip(idx, 0, total - 1)
+            wanted = len(idx)
+            idx = np.unique(idx)
+        if len(idx) < wanted:
+            span = t[-1] - t[0]
+            rate = f" (about {(total - 1) / span:.3g} fps)" if span > 0 else ""
+            warnings.warn(f"asked for {fps:g} fps but {source} has {total} frames over {span:.3g} s{rate}; "
+                          f"sampling every frame once ({len(idx)})", FrameCountWarning, stacklevel=2)
     else:
         idx = np.arange(total, dtype=np.int64)
     if max_frames is not None:
@@ -213,9 +248,7 @@ def load_video(
     except (VideoDecodeError, AdapterError):
         raise
     except ImportError as exc:
-        raise AdapterError(
-            f"video backend {backend!r} is not installed ({exc}); pip install {backend} or use pyav"
-        ) from exc
+        raise AdapterError(f"video backend {backend!r} is not installed ({exc}); {_INSTALL[backend]}") from exc
     except Exception as exc:  # every backend has its own error types; one clear message for all of them
         raise VideoDecodeError(f"cannot decode {path} with {backend}: {type(exc).__name__}: {exc}") from exc
     clip.path, clip.backend = path, backend
@@ -240,7 +273,10 @@ class FrameSampler:
         if self.rule == "lmms":
             return lo + lmms_sample_indices(hi - lo, self.num_frames, fps=self.fps, source_fps=rate,
                                             force_include_last_frame=self.force_last)
-        picked = sample_indices(hi - lo, self.num_frames, fps=self.fps, times=times[lo:hi], max_frames=self.max_frames)
+        bounded = self.start is not None or self.end is not None
+        source = f"the {times[lo]:.3g}-{times[hi - 1]:.3g} s span of the video" if bounded else "the video"
+        picked = sample_indices(hi - lo, self.num_frames, fps=self.fps, times=times[lo:hi], max_frames=self.max_frames,
+                                source=source)
         return lo + picked
 
 
@@ -357,24 +393,44 @@ def _load_torchcodec(path, sampler) -> VideoClip:
     return VideoClip(frames, np.asarray(batch.pts_seconds, dtype=np.float64), indices, total, rate)
 
 
-def write_video(path, frames: np.ndarray, fps: float = 8.0, codec: str = "mpeg4") -> str:
-    """Encode uint8 ``(T, H, W, 3)`` frames to ``path`` with PyAV (H and W are cropped to even numbers)."""
+#: write_video's qualities: (codec, pixel format, encoder options, largest per-pixel error after decoding, in 1/255)
+VIDEO_QUALITIES = {
+    "lossless": ("libx264rgb", "rgb24", {"crf": "0"}, 0),  # H.264 in RGB, lossless: decodes to the very frames
+    "high": ("libx264", "yuv444p", {"crf": "0"}, 2),  # H.264 4:4:4 YUV, lossless in YUV: only RGB<->YUV rounding
+}
+
+
+def write_video(path, frames: np.ndarray, fps: float = 8.0, quality: str = "lossless") -> str:
+    """Encode uint8 ``(T, H, W, 3)`` frames to ``path`` with PyAV so that they decode back to the same frames.
+
+    quality: ``lossless`` (default; H.264 RGB, every pixel decodes exactly) or ``high`` (H.264 4:4:4, every pixel
+    within 2/255, for decoders without RGB H.264); see ``VIDEO_QUALITIES``. No chroma subsampling and no lossy
+    quantizer: a needle drawn in one frame stays in that frame, sharp, at any fps. Any frame size (odd ones too)."""
     from fractions import Fraction
 
-    import av
+    try:
+        import av
+    except ImportError as exc:
+        raise AdapterError(f"writing videos needs PyAV ({exc}); {_INSTALL['pyav']}") from exc
 
     frames = np.asarray(frames)
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise AdapterError(f"frames must be uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}")
-    height, width = frames.shape[1] // 2 * 2, frames.shape[2] // 2 * 2
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or 0 in frames.shape:
+        raise AdapterError(f"frames must be uint8 (T, H, W, 3) with T, H, W >= 1, got {frames.dtype} {frames.shape}")
+    if quality not in VIDEO_QUALITIES:
+        raise AdapterError(f"unknown video quality {quality!r}; use one of {list(VIDEO_QUALITIES)}")
+    if not fps > 0 or not np.isfinite(fps):
+        raise AdapterError(f"fps must be a positive finite number, got {fps!r}")
+    codec, pix_fmt, options, _ = VIDEO_QUALITIES[quality]
+    height, width = frames.shape[1], frames.shape[2]
     path = os.fspath(path)
     with av.open(path, mode="w") as container:
-        stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1000))
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        if codec == "mpeg4":
-            stream.options = {"qscale": "2"}
+        try:
+            stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1000), options=dict(options))
+        except Exception as exc:  # a PyAV build without libx264
+            raise AdapterError(f"this PyAV build cannot encode {codec} ({exc}); install the PyPI wheel of av") from exc
+        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
         for array in frames:
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(array[:height, :width]), format="rgb24")
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(array), format="rgb24")
             for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode():

@@ -1,11 +1,16 @@
-"""`longctx-adapter` command line: subcommands grow with the library (demo now; profile, ablate, run later)."""
+"""`longctx-adapter`: adapt Hugging Face video LMs to long videos. Commands: demo (the shipped tiny model,
+stock vs adapted), profile (memory and time per stage vs frames), run (one question about one video), niah
+(V-NIAH: a needle in a video haystack) and ablate (a grid of configs x frame counts on a dataset).
+`longctx-adapter COMMAND --help` describes each; docs/cli.md lists what each refuses and why."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 from longctx_adapter.errors import AdapterError
+from longctx_adapter.eval.arguments import non_negative_int, positive_int
 
 
 def _demo(args) -> int:
@@ -33,11 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--random", action="store_true", help="use the tiny RANDOM model demo instead")
     demo.add_argument(
-        "--frames", type=int, default=None, help="frames of each synthetic video (default 64; --random: 256)"
+        "--frames", type=positive_int, default=None,
+        help="frames of each synthetic video (default 64, at least 3; --random: 256)",
     )
-    demo.add_argument("--questions", type=int, default=12, help="questions asked (trained demo; default 12)")
-    demo.add_argument("--new-tokens", type=int, default=8, help="tokens to generate (--random only; default 8)")
-    demo.add_argument("--seed", type=int, default=0, help="seed of the model weights and the video")
+    demo.add_argument("--questions", type=positive_int, default=12, help="questions asked (trained demo; default 12)")
+    demo.add_argument("--new-tokens", type=positive_int, default=8,
+                      help="tokens to generate (--random only; default 8)")
+    demo.add_argument("--seed", type=non_negative_int, default=0, help="seed of the model weights and the video")
     demo.add_argument(
         "--config",
         metavar="CONFIG",
@@ -84,11 +91,26 @@ def _add_eval_commands(sub) -> None:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except AdapterError as err:
-        print(f"longctx-adapter {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    command = " ".join(filter(None, (args.command, getattr(args, "niah_command", None))))
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_warnings(command, warnings.showwarning)
+        try:
+            return args.func(args)
+        except AdapterError as err:
+            print(f"longctx-adapter {command}: error: {err}", file=sys.stderr)
+            return 2
+
+
+def _one_line_warnings(command: str, fallback):
+    """The package's own warnings (e.g. fewer frames than asked for) as one `warning:` line, like errors."""
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if category.__module__.startswith("longctx_adapter"):
+            print(f"longctx-adapter {command}: warning: {message}", file=sys.stderr, flush=True)
+        else:
+            fallback(message, category, filename, lineno, file, line)
+
+    return show
 
 
 if __name__ == "__main__":

@@ -52,6 +52,7 @@ from pathlib import Path
 from longctx_adapter import config_text
 from longctx_adapter.config import AdapterConfig
 from longctx_adapter.errors import AdapterError
+from longctx_adapter.eval.arguments import device_name, dtype_choice, positive_int
 from longctx_adapter.profiling.dtypes import dtype_name, torch_dtype
 from longctx_adapter.profiling.estimate import estimate_memory
 from longctx_adapter.profiling.memory import memory_probe
@@ -751,18 +752,22 @@ def add_profile_arguments(parser) -> None:
         "Default: none and, for a model folder with a saved longctx_adapter.json, that saved config (it wins over "
         "the preset), else none and progressive:2,8,4",
     )
-    parser.add_argument("--layers", type=int, default=None, help="decoder layers to run (truncate; default: all)")
+    parser.add_argument("--layers", type=positive_int, default=None,
+                        help="decoder layers to run (truncate; default: all)")
     parser.add_argument(
-        "--vision-layers", type=int, default=None, help="vision layers to run (default: same as --layers)"
+        "--vision-layers", type=positive_int, default=None, help="vision layers to run (default: same as --layers)"
     )
-    parser.add_argument("--dtype", default="bf16", help="bf16 | fp16 | fp32 | fp64 (default bf16)")
-    parser.add_argument("--device", default=None, help="cpu | cuda[:i] (default: cuda if available)")
+    parser.add_argument("--dtype", default="bf16", type=dtype_choice(), help="bf16 | fp16 | fp32 | fp64 (default bf16)")
+    parser.add_argument("--device", default=None, type=device_name,
+                        help="cpu | cuda[:i] (default: cuda if available)")
     parser.add_argument("--attn", default="sdpa", help="attention implementation (default sdpa)")
     parser.add_argument("--frame-size", default=None, help="HxW pixels per frame (Qwen-VL; default 448x448)")
-    parser.add_argument("--prefill-chunk-size", type=int, default=None, help="generate's prefill_chunk_size")
+    parser.add_argument("--prefill-chunk-size", type=positive_int, default=None,
+                        help="generate's prefill_chunk_size")
     parser.add_argument("--estimate-only", action="store_true", help="run only the analytic estimator")
     parser.add_argument(
-        "--measure-max-frames", type=int, default=None, help="measure up to this many frames, estimate beyond"
+        "--measure-max-frames", type=positive_int, default=None,
+        help="measure up to this many frames, estimate beyond"
     )
     parser.add_argument("--weights", action="store_true", help="load real weights from a local --model path")
     parser.add_argument("--title", default=None, help="plot title")
@@ -772,11 +777,20 @@ def add_profile_arguments(parser) -> None:
 def run_profile_cli(args) -> int:
     from tqdm import tqdm
 
-    frames = [int(f) for f in str(args.frames).split(",") if f.strip()]
+    from longctx_adapter.eval.ablate import parse_frames
+    from longctx_adapter.eval.arguments import check_model_folder, require_matplotlib
+
+    require_matplotlib("profile")  # memory.png comes at the end: refuse before measuring anything
+    frames = parse_frames(args.frames)
+    if os.path.exists(args.model):  # a local folder (else a real-size preset name, checked by profile())
+        check_model_folder(args.model)
     configs = args.config or default_configs(args.model)
     frame_size = None
     if args.frame_size:
-        frame_size = [int(x) for x in args.frame_size.lower().split("x")]
+        parts = args.frame_size.lower().split("x")
+        if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+            raise AdapterError(f"--frame-size expects HxW in pixels, e.g. 448x448, got {args.frame_size!r}")
+        frame_size = [int(x) for x in parts]
     total = len(frames) * len(configs)
     with tqdm(total=total, desc="profile", unit="row") as bar:
 
