@@ -152,7 +152,7 @@ def sample_indices(
             idx = np.clip(idx, 0, total - 1)
             wanted = len(idx)
             idx = np.unique(idx)
-        if len(idx) < wanted:
+        if len(idx) < (wanted if max_frames is None else min(wanted, max_frames)):  # the cap did not hide it
             span = t[-1] - t[0]
             rate = f" (about {(total - 1) / span:.3g} fps)" if span > 0 else ""
             warnings.warn(f"asked for {fps:g} fps but {source} has {total} frames over {span:.3g} s{rate}; "

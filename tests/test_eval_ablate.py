@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from longctx_adapter.eval import ablate as ablate_mod
 from longctx_adapter.eval.ablate import load_results, run_ablation
 from longctx_adapter.eval.configs import expand_grid
@@ -22,6 +23,8 @@ from longctx_adapter.eval.video import video_inputs
 
 from longctx_adapter import get_adapter
 from longctx_adapter.cli.main import main
+from longctx_adapter.errors import AdapterError
+from longctx_adapter.profiling.profiler import kv_cache_bytes
 from longctx_adapter.testing.tiny import tiny_model, tiny_processor
 
 MODEL_TYPE = "llava_onevision"
@@ -81,6 +84,9 @@ def test_grid_in_one_load_resumes_without_recomputing(tmp_path, niah_dir, monkey
     assert rec["correct"] == (scored["pred"] == item.answer)
     assert rec["tokens_before"] == 4 * 16 + 1 and rec["tokens_after"] < rec["tokens_before"]
     assert rec["rope_factor"] is not None and rec["peak_mem_bytes"] > 0 and rec["time_s"] > 0
+    with apply_adapter(model, cells[3].config), torch.inference_mode():  # the KV-cache column: the real cache's size
+        cache = model(**inputs, use_cache=True).past_key_values
+    assert rec["kv_cache_bytes"] == kv_cache_bytes(cache) > 0
 
     summary = (tmp_path / "summary.md").read_text()
     assert summary.count("\n| ") == len(FRAMES) * len(cells)
@@ -116,6 +122,60 @@ def test_bad_grid_is_refused_before_loading(tmp_path, niah_dir, checkpoint, caps
     assert main(argv) == 2
     assert "AXIS=V1" in capsys.readouterr().err
     assert not (tmp_path / "results.jsonl").exists()
+
+
+def test_cell_the_model_cannot_take_is_refused_before_anything_runs(tmp_path, niah_dir, checkpoint, monkeypatch,
+                                                                      capsys):
+    """Stride 8 on the tiny model's 7x7 frame grid: one line naming the cell, before the model loads, no results."""
+    from transformers import AutoModelForImageTextToText
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(AutoModelForImageTextToText, "from_pretrained", classmethod(never))
+    argv = ["ablate", "--model", str(checkpoint), "--dataset", str(niah_dir), "--grid", "pooling=none,progressive:2,8,4",
+            "--out", str(tmp_path / "out"), "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "grid cell 'pooling=progressive:2,8,4'" in err and "nothing was run" in err
+    assert not (tmp_path / "out").exists()
+    # a frame count the stages cannot take (temporal group of 4 on 2 frames) is refused too, naming the value
+    argv[argv.index("pooling=none,progressive:2,8,4")] = 'pooling={"type":"temporal","kernel":4}'
+    assert main([*argv, "--frames", "2"]) == 2
+    assert "grid cell" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_resume_recomputes_units_that_ended_in_an_error(tmp_path, niah_dir, monkeypatch):
+    model, processor = tiny_model(MODEL_TYPE), tiny_processor(MODEL_TYPE)
+    items = load_dataset(niah_dir, limit=1)
+    cells = expand_grid(GRID[:1], MODEL_TYPE)
+    real = ablate_mod._evaluate_cell
+
+    def failing(*args, **kwargs):
+        raise AdapterError("a transient refusal")
+
+    monkeypatch.setattr(ablate_mod, "_evaluate_cell", failing)
+    first = run_ablation(model, processor, items, [2], cells, tmp_path, progress=False, summary=False)
+    assert len(first) == 2 and all(r["error"] == "AdapterError: a transient refusal" for r in first)
+    monkeypatch.setattr(ablate_mod, "_evaluate_cell", real)
+    again = run_ablation(model, processor, items, [2], cells, tmp_path, progress=False, summary=False)
+    assert len(again) == 2 and not any(r.get("error") for r in again) and all("pred" in r for r in again)
+    merged = [json.loads(line) for line in _lines(tmp_path / "results.jsonl")]
+    assert len(merged) == 2 and not any(r.get("error") for r in merged)  # one line per unit: the success
+
+
+def test_memory_panel_plots_the_kv_cache_it_names(tmp_path, monkeypatch):
+    import matplotlib.figure
+
+    rows = [{"frames": f, "config": c, "accuracy": 0.5, "gen_accuracy": None, "kv_cache_bytes": kv,
+             "peak_mem_bytes": 10**9 - f} for f, c, kv in [(2, "a", 2**20), (4, "a", 2**21), (2, "b", 2**19),
+                                                              (4, "b", 2**20)]]
+    figures = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, *a, **k: figures.append(fig))
+    ablate_mod.plot_summary(rows, tmp_path / "x.png")
+    right = figures[0].axes[1]
+    assert right.get_ylabel() == ablate_mod.KV_AXIS_LABEL == "KV cache after prefill (MiB, computed from tokens)"
+    assert [list(line.get_ydata()) for line in right.get_lines()] == [[1.0, 2.0], [0.5, 1.0]]
 
 
 def _free_port() -> int:

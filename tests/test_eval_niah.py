@@ -88,6 +88,30 @@ def test_dataset_round_trip_and_export(tmp_path, fmt):
         np.testing.assert_array_equal(plain[1].load_clip(4).frames, items[0].load_clip(4).frames)
 
 
+@pytest.mark.parametrize("fps", [1.0, 24.0])
+def test_exported_mp4_decodes_to_the_dataset_frames(tmp_path, fps):
+    """mp4 export is lossless at any fps: the needle is in its frame, exactly, and nowhere else."""
+    write_niah(tmp_path / "ds", 2, haystack_frames=16, size=32, video_format="mp4", seed=3, depths=(0.5, 1))
+    exported = export_videos(tmp_path / "ds", [4, 8], video_format="mp4", fps=fps)
+    items, plain = load_dataset(tmp_path / "ds"), load_dataset(exported)
+    assert [it.id for it in plain] == ["niah-0000@4", "niah-0000@8", "niah-0001@4", "niah-0001@8"]
+    for video, (item, n) in zip(plain, [(it, n) for it in items for n in (4, 8)]):
+        np.testing.assert_array_equal(video.load_clip(n).frames, item.load_clip(n).frames)
+
+
+def test_more_frames_than_the_haystack_are_capped_with_a_warning(tmp_path):
+    from longctx_adapter.eval.video import FrameCountWarning
+
+    write_niah(tmp_path / "ds", 1, haystack_frames=6, size=16, seed=0, depths=(1,))
+    item = load_dataset(tmp_path / "ds")[0]
+    with pytest.warns(FrameCountWarning, match="asked for 10 frames but the V-NIAH haystack has 6; sampling all 6"):
+        clip = item.load_clip(10)
+    assert len(clip) == 6 and clip.indices.tolist() == list(range(6)) and clip.meta["needle_positions"] == [5]
+    with pytest.warns(FrameCountWarning):
+        exported = export_videos(tmp_path / "ds", [10], video_format="npy")
+    assert json.loads(exported.read_text().splitlines()[0])["meta"]["frames"] == 6
+
+
 def test_heatmap_png(tmp_path):
     results = [{"depth": d, "frames": f, "correct": (d + f) % 2 == 0} for d in (0.0, 0.5, 1.0) for f in (4, 8, 16)]
     path = plot_heatmap(results, tmp_path / "h.png")

@@ -27,7 +27,7 @@ def test_run_streams_and_reports(checkpoint, video, capsys):
     assert "answer (LlavaOnevisionForConditionalGeneration, 8 frames):" in out
     assert "frames        : 8 of 24 (0.00-2.88 s, pyav)" in out
     assert "visual tokens : 129 -> 57" in out  # 8 x 16 + 1 stock; (16 + 3 x 4) x 2 + 1 pooled
-    assert "rope factor   : 1.78125" in out  # 57 / 32
+    assert "rope factor   : 1.781\n" in out  # 57 / 32, printed with 3 decimals
     assert "peak memory   :" in out and "generate time :" in out
 
 

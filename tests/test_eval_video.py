@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
+import warnings
 
 import av
 import numpy as np
 import pytest
 import torch
 from longctx_adapter.eval.video import (
+    VIDEO_QUALITIES,
+    FrameCountWarning,
     VideoDecodeError,
     build_prompt,
     load_processor,
@@ -60,10 +64,23 @@ def _nearest(source, frame) -> int:
 
 def test_sample_indices_rules():
     assert sample_indices(20, 5).tolist() == [0, 5, 10, 14, 19]  # first and last included
-    assert sample_indices(3, 6).tolist() == [0, 0, 1, 1, 2, 2]  # short video: frames repeat, count kept
+    with pytest.warns(FrameCountWarning, match="asked for 6 frames but the video has 3; sampling all 3"):
+        assert sample_indices(3, 6).tolist() == [0, 1, 2]  # short video: every frame once, never repeated
     times = np.arange(20) / 10.0
     assert sample_indices(20, fps=2, times=times).tolist() == [0, 5, 10, 15]
-    assert sample_indices(20, fps=100, times=times, max_frames=4).tolist() == [0, 6, 13, 19]
+    assert sample_indices(20, fps=100, times=times, max_frames=4).tolist() == [0, 6, 13, 19]  # the cap: no warning
+    with pytest.warns(FrameCountWarning, match=r"asked for 100 fps but the video has 20 frames over 1.9 s \(about "
+                      r"10 fps\); sampling every frame once \(20\)"):
+        assert sample_indices(20, fps=100, times=times, max_frames=40).tolist() == list(range(20))
+    with pytest.warns(FrameCountWarning, match="sampling every frame once"):  # arithmetic: no 1e12-long list
+        assert sample_indices(20, fps=1e12, times=times).tolist() == list(range(20))
+    with pytest.warns(FrameCountWarning, match="asked for 100000 frames"):
+        assert sample_indices(20, 100_000).tolist() == list(range(20))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # exactly the video's frame count or rate: no warning
+        assert sample_indices(20, 20).tolist() == list(range(20))
+        assert sample_indices(20, fps=100, times=times, max_frames=4).tolist() == [0, 6, 13, 19]
+        assert sample_indices(20, fps=10, times=times).tolist() == list(range(20))
     assert sample_indices(7).tolist() == list(range(7))
     with pytest.raises(AdapterError, match="not both"):
         sample_indices(20, 4, fps=1.0)
@@ -77,13 +94,17 @@ def test_load_video_uniform_and_fps(mp4, source):
     assert clip.indices.tolist() == [0, 5, 10, 14, 19]
     assert clip.total_frames == FRAMES and clip.fps == pytest.approx(FPS)
     np.testing.assert_allclose(clip.timestamps, clip.indices / FPS, atol=1e-6)
-    # each decoded frame is (lossy) the source frame it claims to be
-    assert [_nearest(source, f) for f in clip.frames] == clip.indices.tolist()
+    # each decoded frame is exactly the source frame it claims to be (write_video is lossless)
+    np.testing.assert_array_equal(clip.frames, source[clip.indices])
     by_rate = load_video(mp4, fps=2)
     assert by_rate.indices.tolist() == [0, 5, 10, 15]
     capped = load_video(mp4, fps=100, max_frames=3)
     assert capped.indices.tolist() == [0, 10, 19]
-    assert len(load_video(mp4, 30)) == 30
+    with pytest.warns(FrameCountWarning, match=f"asked for 30 frames but the video has {FRAMES}"):
+        more = load_video(mp4, 30)
+    assert more.indices.tolist() == list(range(FRAMES)) and more.total_frames == FRAMES
+    with pytest.warns(FrameCountWarning, match=r"the 0.5-1 s span of the video has 6"):
+        assert load_video(mp4, 9, start=0.5, end=1.0).indices.tolist() == [5, 6, 7, 8, 9, 10]
     window = load_video(mp4, 3, start=0.5, end=1.0)
     assert window.indices.tolist() == [5, 7, 10]  # 5 + rint([0, 2.5, 5]) (half to even)
 
@@ -198,7 +219,34 @@ def test_build_prompt_layouts():
 def test_write_video_rejects_bad_frames(tmp_path):
     with pytest.raises(AdapterError, match="uint8"):
         write_video(tmp_path / "x.mp4", np.zeros((2, 8, 8, 3), dtype=np.float32))
+    with pytest.raises(AdapterError, match="unknown video quality 'best'"):
+        write_video(tmp_path / "x.mp4", np.zeros((2, 8, 8, 3), dtype=np.uint8), quality="best")
     assert not os.path.exists(tmp_path / "x.mp4")
+
+
+@pytest.mark.parametrize("quality", sorted(VIDEO_QUALITIES))
+@pytest.mark.parametrize("fps", [1.0, 30.0])
+def test_written_videos_decode_to_the_frames_within_the_stated_error(tmp_path, quality, fps):
+    """Noise frames (the hardest case for a codec) of an odd size: every pixel decodes within the quality's stated
+    bound (lossless: exactly), at any fps; a one-frame needle does not ghost into its neighbours."""
+    frames = np.random.default_rng(5).integers(0, 256, (6, 33, 47, 3), dtype=np.uint8)
+    frames[3] = 0
+    frames[3, 10:20, 10:20] = (255, 0, 0)  # a needle in one frame
+    path = write_video(tmp_path / "n.mp4", frames, fps=fps, quality=quality)
+    decoded = load_video(path).frames
+    assert decoded.shape == frames.shape
+    error = np.abs(decoded.astype(int) - frames.astype(int))
+    assert error.max() <= VIDEO_QUALITIES[quality][3]
+    if quality == "lossless":
+        np.testing.assert_array_equal(decoded, frames)
+
+
+def test_missing_pyav_names_the_package_and_the_extra(tmp_path, mp4, monkeypatch):
+    monkeypatch.setitem(sys.modules, "av", None)  # import av raises ImportError
+    with pytest.raises(AdapterError, match=r"pip install av, or the video extra: pip install 'longctx-adapter\[video\]'"):
+        load_video(mp4, 2)
+    with pytest.raises(AdapterError, match=r"pip install av\b"):
+        write_video(tmp_path / "x.mp4", np.zeros((2, 8, 8, 3), dtype=np.uint8))
 
 
 QWEN_TEMPLATE = (
