@@ -89,6 +89,8 @@ def device_name(text: str) -> str:
         if device.index is not None and device.index >= count:
             raise argparse.ArgumentTypeError(f"{text!r}: only {count} CUDA GPU(s) are visible (cuda:0..{count - 1})")
         return text
+    if device.type == "mps" and torch.backends.mps.is_available():
+        return text
     raise argparse.ArgumentTypeError(f"unsupported device {text!r}; use auto, cpu, cuda or cuda:N")
 
 
