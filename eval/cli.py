@@ -64,7 +64,7 @@ def add_run_parser(sub) -> argparse.ArgumentParser:
                           help="frames sampled uniformly (default 32; capped at the video's frame count, with a "
                           "warning)")
     sampling.add_argument("--fps", type=positive_float, default=None, help="sample at this rate instead (see --max-frames)")
-    run.add_argument("--max-frames", type=positive_int, default=None, help="cap on frames with --fps")
+    run.add_argument("--max-frames", type=positive_int, default=None, help="cap on frames with --fps (only)")
     run.add_argument("--config", default=None, help=_CONFIG_HELP)
     run.add_argument("--max-new-tokens", type=positive_int, default=None,
                      help="longest answer in tokens (default: the checkpoint's generation_config max_new_tokens "
@@ -76,6 +76,8 @@ def add_run_parser(sub) -> argparse.ArgumentParser:
 def _run(args) -> int:
     from longctx_adapter.eval.runner import run_question
 
+    if args.max_frames is not None and args.fps is None:  # it would be ignored: --frames is the count itself
+        raise AdapterError("--max-frames caps --fps sampling; without --fps, give the frame count with --frames")
     run_question(
         args.model, args.video, args.question, frames=args.frames, fps=args.fps, max_frames=args.max_frames,
         config=args.config, visual_window=args.visual_window, max_new_tokens=args.max_new_tokens, dtype=args.dtype,

@@ -99,6 +99,12 @@ def test_text_only_model_folder_is_one_line_naming_the_supported_types(command, 
     assert not (tmp_path / "o").exists()
 
 
+def test_max_frames_without_fps_is_refused_not_ignored(clip, checkpoint, capsys):
+    argv = ["run", "--model", str(checkpoint), "--video", clip, "--question", "q", "--frames", "4", "--max-frames", "2"]
+    assert main(argv) == 2
+    assert "--max-frames caps --fps sampling" in capsys.readouterr().err
+
+
 def test_model_argument_that_is_a_file_or_missing(clip, tmp_path, capsys):
     assert main(["run", "--model", clip, "--video", clip, "--question", "q"]) == 2
     assert "--model must be a checkpoint folder, got a file" in capsys.readouterr().err
