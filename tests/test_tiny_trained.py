@@ -107,8 +107,9 @@ def test_shipped_adapter_config_loads_and_is_a_noop_at_training_length(shipped):
     handle.remove()
 
 
-def test_trained_demo_measure_runs_in_process():
-    """The demo's per-run worker (normally in a spawned process) answers through the processor and generate()."""
+def test_trained_demo_measure_runs_in_process(capsys):
+    """The demo's per-run worker (normally in a spawned process) answers through the processor and generate(), and
+    shows its own progress per question."""
     from longctx_adapter.demo.trained import DEMO_POOLING, _measure
 
     config = recommended_config().replace(pooling=DEMO_POOLING)
@@ -121,3 +122,4 @@ def test_trained_demo_measure_runs_in_process():
     assert row["visual_tokens_before"] == 16 * 16 + 1
     assert row["visual_tokens_after"] < row["visual_tokens_before"]
     assert row["kv_cache_bytes"] > 0
+    assert "adapted+pooling: questions" in capsys.readouterr().err  # tqdm's line, question by question

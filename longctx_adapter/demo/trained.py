@@ -65,8 +65,12 @@ def _measure(label: str, config_dict: dict | None, frames: int, questions: int, 
     processor = AutoProcessor.from_pretrained(path)
     handle = apply_adapter(model, config_dict) if config_dict is not None else None
     answers, seconds, kv, visual_after, seq_len = [], 0.0, 0, None, 0
+    from tqdm.auto import tqdm
+
     with torch.inference_mode():
-        for item in _items(frames, questions, seed):
+        # progress of its own per question (a run takes seconds to minutes); tqdm writes to stderr
+        for item in tqdm(_items(frames, questions, seed), desc=f"{label}: questions", unit="question", leave=False,
+                         mininterval=0.5, dynamic_ncols=True):
             inputs = processor(text=[prompt_text(item.question)], videos=[item.frames], return_tensors="pt")
             start = time.perf_counter()
             out = model.generate(**inputs, max_new_tokens=1, do_sample=False)
