@@ -14,8 +14,8 @@ when asked for) and samples frames:
 ``sampling="lmms"`` takes lmms-eval 0.7's rule instead (its ``read_video``, which its built-in video models use):
 see :func:`lmms_sample_indices`. The lmms-eval plugin samples this way so its frames are the built-in models'.
 
-Asking for more frames than there are (``N`` above the video's frame count, or ``F`` above its frame rate) never
-repeats a frame: every frame is sampled once and a :class:`FrameCountWarning` names the real count (the
+Under either rule, asking for more frames than there are (``N`` above the video's frame count, or ``F`` above its
+frame rate) never repeats a frame. The default rule samples every frame once and a :class:`FrameCountWarning` names the real count (the
 command-line tools print it as one ``warning:`` line). A clip's length is therefore at most the video's frame count.
 
 It returns a :class:`VideoClip`: ``frames`` uint8 ``(T, H, W, 3)`` RGB, ``timestamps`` in seconds, the source
