@@ -166,7 +166,7 @@ BAD_CONFIGS = ["progressive:2,8,4", "zz", '{"type":"temporal","stride":-1}', "{"
 def test_fuzz_run(files):
     models, videos = files["model"], files["video"]
 
-    @_fuzz(30)
+    @_fuzz(24)
     @given(st.data())
     def check(data):
         argv, v = _vector(data.draw, ["run"], [
@@ -290,7 +290,7 @@ def test_fuzz_niah_export_and_plot(files):
 def test_fuzz_ablate(files):
     models, datasets = files["model"], files["dataset"]
 
-    @_fuzz(14)
+    @_fuzz(10)
     @given(st.data())
     def check(data):
         out_dir = tempfile.mkdtemp(prefix="ablate-fuzz-")
@@ -331,7 +331,7 @@ def test_fuzz_ablate(files):
 def test_fuzz_profile(files):
     models = files["model"]
 
-    @_fuzz(20)
+    @_fuzz(16)
     @given(st.data())
     def check(data):
         out_dir = tempfile.mkdtemp(prefix="profile-fuzz-")
