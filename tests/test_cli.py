@@ -105,6 +105,13 @@ def test_max_frames_without_fps_is_refused_not_ignored(clip, checkpoint, capsys)
     assert "--max-frames caps --fps sampling" in capsys.readouterr().err
 
 
+def test_output_path_under_a_file_is_one_line(tmp_path, capsys):
+    (tmp_path / "afile").write_text("")
+    assert main(["niah", "generate", "--out", str(tmp_path / "afile" / "ds")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"longctx-adapter niah generate: error: Not a directory: {tmp_path / 'afile' / 'ds'} (check the paths given)\n"
+
+
 def test_model_argument_that_is_a_file_or_missing(clip, tmp_path, capsys):
     assert main(["run", "--model", clip, "--video", clip, "--question", "q"]) == 2
     assert "--model must be a checkpoint folder, got a file" in capsys.readouterr().err

@@ -212,7 +212,9 @@ def test_fuzz_niah_generate():
     def check(data):
         out_dir = tempfile.mkdtemp(prefix="niah-fuzz-")
         try:
-            argv, v = _vector(data.draw, ["niah", "generate", "--out", out_dir + "/ds"], [
+            out = data.draw(st.sampled_from([out_dir + "/ds"] * 5 + [out_dir + "/file/ds"]))  # under a file: refused
+            Path(out_dir, "file").write_text("")
+            argv, v = _vector(data.draw, ["niah", "generate", "--out", out], [
                 ("--items", ["1", "3", "7"], BAD_INTS, False),
                 ("--depths", ["0,0.5,1", "0.3", "0,0,0", "1"], ["2", "-1,0", "a,b", "", "nan"], False),
                 ("--haystack-frames", ["4", "9", "16"], BAD_INTS, False),
@@ -223,8 +225,9 @@ def test_fuzz_niah_generate():
                 ("--seed", ["0", "7"], ["-1", "s"], False),
             ])
             TRIED["niah generate"] = TRIED.get("niah generate", 0) + 1
-            status, out, err = _invoke(argv)
-            if _check(argv, status, out, err):
+            status, stdout, err = _invoke(argv)
+            if _check(argv, status, stdout, err):
+                assert out.endswith("/ds") and "/file/" not in out
                 folder = Path(out_dir) / "ds"
                 records = [json.loads(line) for line in (folder / "annotations.jsonl").read_text().splitlines()]
                 depths = [float(d) for d in (v["--depths"] or "0,0.25,0.5,0.75,1").split(",")]

@@ -99,6 +99,11 @@ def main(argv=None) -> int:
         except AdapterError as err:
             print(f"longctx-adapter {command}: error: {err}", file=sys.stderr)
             return 2
+        except OSError as err:  # a path the command cannot read or write (an --out under a file, no permission, ...)
+            where = f": {err.filename}" if err.filename else ""
+            print(f"longctx-adapter {command}: error: {err.strerror or err}{where} (check the paths given)",
+                  file=sys.stderr)
+            return 2
 
 
 def _one_line_warnings(command: str, fallback):
