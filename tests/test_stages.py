@@ -79,13 +79,15 @@ EXAMPLES = [
       "anchor_step": 4, "neighbors": 4, "positions": "kept"}, "segment_density:10%"),  # fmt: skip
     ({"type": "segment_density", "ratio": None, "max_tokens": 12, "segments": 3, "cut_similarity": 0.5,
       "anchor_step": 2, "neighbors": 7, "positions": "mean"}, None),  # fmt: skip
+    ({"type": "budget", "max_tokens": 4096, "group": 4, "mode": "bilinear"}, "budget:4096,4"),
+    ({"type": "budget", "max_tokens": 9, "group": 2, "mode": "max"}, None),
 ]
 
 
 def test_registry_holds_the_shipped_stages():
     assert set(STAGE_TYPES) == {
         "progressive", "temporal", "adaptive3d", "conv3d", "prompt_guided", "select_frames", "merge_temporal",
-        "segment_density",
+        "segment_density", "budget",
     }  # fmt: skip
     for kind in STAGE_TYPES:
         cls = STAGES[kind]
@@ -142,6 +144,8 @@ INT_KEYS = [
     ("segment_density", "segments", 0),
     ("segment_density", "anchor_step", -1),
     ("segment_density", "neighbors", 0),
+    ("budget", "max_tokens", -1),
+    ("budget", "group", 0),
 ]
 
 
@@ -150,6 +154,8 @@ def test_bad_numbers_name_the_key_given(kind, key, value):
     stage = {"type": kind, key: value}
     if kind == "select_frames" and key != "segments":
         stage["segments"] = 2
+    if kind == "budget" and key != "max_tokens":
+        stage["max_tokens"] = 8
     with pytest.raises(AdapterError) as err:
         normalize_stage(stage)
     message = str(err.value)
