@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(func=_demo)
     _add_profile_command(sub)
+    _add_plan_command(sub)
     _add_eval_commands(sub)
     return parser
 
@@ -78,6 +79,27 @@ def _add_profile_command(sub) -> None:
     )
     add_profile_arguments(parser)
     parser.set_defaults(func=_profile)
+
+
+def _plan(args) -> int:
+    from longctx_adapter.profiling.planner import run_plan_cli
+
+    return run_plan_cli(args)
+
+
+def _add_plan_command(sub) -> None:
+    """`plan`: the least-compressing configuration whose estimated peak fits a memory size."""
+    from longctx_adapter.profiling.planner import add_plan_arguments
+
+    parser = sub.add_parser(
+        "plan",
+        help="the least-compressing config (stock, chunking, pooling, KV quantization) that fits a memory size",
+        description="Estimate (analytically) the peak memory of one video of --frames frames and print the first "
+        "configuration that fits --memory: the stock model, then chunked prefill, then pooling from mild to strong, "
+        "then a quantized KV cache, then temporal merging; with its peak, visual tokens and the config to pass on.",
+    )
+    add_plan_arguments(parser)
+    parser.set_defaults(func=_plan)
 
 
 def _add_eval_commands(sub) -> None:

@@ -37,7 +37,12 @@ from longctx_adapter.ops.stages import FrameSizes, GridShape, parse_stages
 from longctx_adapter.profiling.dtypes import dtype_bytes
 from longctx_adapter.registry import MODEL_TYPE_TO_PATCH, family_for
 
-__all__ = ["estimate_memory", "max_frames", "param_bytes"]
+__all__ = ["KV_BITS", "estimate_memory", "max_frames", "param_bytes", "quantized_kv_bytes_per_token"]
+
+#: widths the quantized cache backends offer (quanto: 2 and 4; hqq: 1 to 8)
+KV_BITS = (2, 4, 8)
+#: transformers' QuantizedCache defaults: tokens kept in full precision, values per quantization group
+KV_RESIDUAL, KV_GROUP = 128, 64
 
 
 @lru_cache(maxsize=64)
@@ -62,6 +67,14 @@ def param_bytes(config, dtype="bfloat16") -> int:
         data.pop(key, None)
     params, buffers = _param_count(json.dumps(data, sort_keys=True, default=str), config.model_type)
     return params * dtype_bytes(dtype) + buffers * 4
+
+
+def quantized_kv_bytes_per_token(config, bits: int, dtype="bfloat16") -> int:
+    """Cache bytes per token of the quantized KV cache: `bits` per value plus one scale and one zero point (model
+    dtype) per group of KV_GROUP values, for keys and values of every layer."""
+    t = _text(getattr(config, "config", config))
+    values = 2 * t["layers"] * t["kv_heads"] * t["head_dim"]
+    return values * bits // 8 + values // KV_GROUP * 2 * dtype_bytes(dtype)
 
 
 def _text(config):
@@ -100,16 +113,25 @@ def estimate_memory(
     logits: str = "last",
     device: str = "cpu",
     vision_hidden_states: str = "selected",
+    kv_bits: int | None = None,
+    kv_offload: bool = False,
 ) -> dict:
     """Peak bytes per stage of `generate()` on one video of `frames` frames; see the module docstring.
 
     config: an HF config (or a model, whose .config is used). adapter_config: None (stock model), an AdapterConfig or
     its dict. device: "cpu" adds CPU-only kernel scratch (bilinear on NCHW). vision_hidden_states: "selected"
     (transformers 5.x keeps only the feature layer) or "all" (older code: every vision layer's output is kept
-    during the vision stage). Returns token counts, component bytes and `{vision,prefill,decode}_peak_bytes`, `peak_bytes`.
+    during the vision stage). kv_bits: transformers' quantized KV cache (`cache_implementation="quantized"`) with
+    this many bits (see `quantized_kv_bytes_per_token`). kv_offload: the offloaded cache, which keeps two layers'
+    keys and values on the device (the one in use and the one prefetched) and the rest in host memory
+    (`kv_host_bytes`). Returns token counts, component bytes and `{vision,prefill,decode}_peak_bytes`, `peak_bytes`.
     With a stage that keeps tokens chosen from the features (`merge_temporal`, `segment_density`) the visual token
     count, and every size built on it, is an upper bound (`visual_tokens_exact` False).
     """
+    if kv_bits is not None and kv_offload:
+        raise AdapterError("kv_bits and kv_offload are two cache implementations; choose one")
+    if kv_bits is not None and kv_bits not in KV_BITS:
+        raise AdapterError(f"kv_bits must be one of {KV_BITS} (the quantized cache backends' widths), got {kv_bits!r}")
     config = getattr(config, "config", config)
     if attn == "eager":
         raise AdapterError("the estimator models sdpa/flash attention; eager attention (L^2 scores) is not modelled")
@@ -135,6 +157,17 @@ def estimate_memory(
     kv_token = 2 * t["layers"] * kvh * hd * b
     kv = kv_token * seq
     kv_layer = 2 * kvh * hd * b * seq
+    kv_host = 0
+    kv_work = 0  # cache-implementation transients on top of one layer's step
+    if kv_bits is not None:
+        # stored: every token quantized (plus a residual window of up to KV_RESIDUAL tokens in full precision);
+        # each update dequantizes the layer, concatenates the new tokens and re-quantizes the whole layer
+        kv_token = quantized_kv_bytes_per_token(config, kv_bits, dtype)
+        kv = kv_token * seq + KV_RESIDUAL * 2 * t["layers"] * kvh * hd * b
+        kv_work = 3 * kv_layer
+    elif kv_offload:
+        kv_host = kv
+        kv = 2 * kv_layer  # the layer in use and the next one, prefetched
 
     # ---- prefill: what stays alive from the vision stage, then the widest step of the last decoder layer
     q_len = min(seq, prefill_chunk_size) if prefill_chunk_size else seq
@@ -150,10 +183,10 @@ def estimate_memory(
     logits_bytes = {"last": t["vocab"] * (b + 4), "all": seq * t["vocab"] * b, "all_fp32": seq * t["vocab"] * (b + 4)}[
         logits
     ]
-    prefill = held + embeds + rope + kv + max(layer_peak, logits_bytes + q_len * h * b)
+    prefill = held + embeds + rope + kv + max(layer_peak + kv_work, logits_bytes + q_len * h * b)
 
     # ---- first decode step: the cache grows by one token (the cat copies one layer at a time)
-    decode = held + kv + kv_token + kv_layer + t["vocab"] * (b + 4) * 2 + 64 * h * b
+    decode = held + kv + kv_token + kv_layer + kv_work + t["vocab"] * (b + 4) * 2 + 64 * h * b
 
     vision = weights + vis["pixels"] + ids + max(vis["peak"], vis["kept"] + vis["features"] + 2 * seq * h * b)
     return {
@@ -170,6 +203,7 @@ def estimate_memory(
         "features_bytes": vis["features"],
         "kv_bytes": kv,
         "kv_bytes_per_token": kv_token,
+        "kv_host_bytes": kv_host,
         "layer_activation_bytes": layer_peak,
         "logits_bytes": logits_bytes,
         "vision_peak_bytes": vision,

@@ -136,4 +136,3 @@ def _tokens(shape: GridShape, stages) -> int:
     for stage in stages:
         shape = stage.output_shape(shape)
     return shape.num_tokens
-

@@ -1,0 +1,102 @@
+"""`plan`: the first candidate that fits is chosen, every earlier one does not fit, the printed config is what was
+estimated (recomputed here with the estimator), less memory never gives more tokens, and the CLI's errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from longctx_adapter import AdapterConfig, AdapterError
+from longctx_adapter.cli.main import main
+from longctx_adapter.ops.pooling import count_tokens
+from longctx_adapter.profiling.estimate import estimate_memory
+from longctx_adapter.profiling.planner import parse_memory, plan
+from longctx_adapter.profiling.sizes import real_config
+
+GIB = 2**30
+
+
+@pytest.fixture(scope="module")
+def onevision():
+    return real_config("llava-onevision-7b")
+
+
+def test_memory_sizes_parse_in_binary_units():
+    assert parse_memory("24GB") == parse_memory("24 GiB") == parse_memory("24576MB") == parse_memory(24) == 24 * GIB
+    assert parse_memory("1.5tb") == int(1.5 * 2**40)
+    for bad in ("lots", "24 parsecs", "-3GB", "0"):
+        with pytest.raises(AdapterError, match="memory"):
+            parse_memory(bad)
+
+
+@pytest.mark.parametrize(("frames", "memory"), [(64, "80GB"), (256, "24GB"), (1024, "24GB"), (2048, "24GB"),
+                                                (4096, "40GB")])  # fmt: skip
+def test_the_first_fitting_candidate_wins_and_its_config_is_what_was_estimated(onevision, frames, memory):
+    chosen, tried = plan(onevision, frames, memory, device="cuda")
+    usable = parse_memory(memory) * 0.9
+    assert tried[-1] is chosen and chosen.fits and chosen.peak_bytes <= usable
+    assert all(not c.fits and c.peak_bytes > usable for c in tried[:-1])
+    assert [c.step for c in tried[:1]] == ["stock"]
+    # the printed config, recomputed independently
+    again = estimate_memory(onevision, frames, chosen.adapter_config, prefill_chunk_size=chosen.prefill_chunk_size,
+                            kv_bits=chosen.kv_bits, device="cuda")  # fmt: skip
+    assert again["peak_bytes"] == chosen.peak_bytes
+    if chosen.adapter_config is not None:
+        config = AdapterConfig.from_dict(chosen.adapter_config)
+        assert config.to_dict() == chosen.adapter_config
+        assert chosen.visual_tokens == count_tokens(frames, 27, 27, config.pooling) + 1  # + OneVision's newline
+        chunk = config.vision_chunk_frames
+        assert chunk is None or chunk % 4 == 0
+    kwargs = chosen.generate_kwargs()
+    assert ("cache_implementation" in kwargs) == (chosen.kv_bits is not None)
+
+
+def test_the_order_is_stock_then_chunking_then_pooling_then_kv(onevision):
+    _, tried = plan(onevision, 2048, "24GB", device="cuda")
+    steps = [c.step for c in tried]
+    assert steps[:2] == ["stock", "stock + chunked prefill"]
+    first_kv = next(i for i, s in enumerate(steps) if "KV" in s)
+    assert all(s.startswith("pooling progressive") for s in steps[2:first_kv])
+    assert all("temporal" not in s for s in steps[:first_kv])
+    tokens = [c.visual_tokens for c in tried[2:first_kv]]
+    assert tokens == sorted(tokens, reverse=True) and len(set(tokens)) == len(tokens)
+
+
+def test_less_memory_never_gives_more_tokens(onevision):
+    tokens = [plan(onevision, 1024, f"{gb}GB", device="cuda")[0].visual_tokens for gb in (80, 40, 32, 24, 20)]
+    assert tokens == sorted(tokens, reverse=True)
+    assert tokens[0] > tokens[-1]
+
+
+def test_nothing_fits_names_the_smallest_peak(onevision):
+    with pytest.raises(AdapterError, match="nothing fits.*GiB"):
+        plan(onevision, 64, "8GB")  # the weights alone are ~15 GiB
+    with pytest.raises(AdapterError, match="KV bits"):
+        plan(onevision, 64, "24GB", kv_bits=(3,))
+    with pytest.raises(AdapterError, match="frames"):
+        plan(onevision, 0, "24GB")
+
+
+def test_cli_prints_the_plan_and_its_config(capsys):
+    assert main(["plan", "--model", "llava-onevision-7b", "--frames", "1024", "--memory", "24GB"]) == 0
+    out = capsys.readouterr().out
+    assert "chosen: pooling progressive" in out and "adapter config (--config): {" in out
+    assert main(["plan", "--model", "qwen2-vl-7b", "--frames", "256", "--memory", "24GB", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["peak_bytes"] <= 24 * GIB * 0.9 and "step" in data
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (["--model", "nonesuch", "--frames", "8", "--memory", "24GB"], "neither a real-size preset"),
+        (["--model", "llava-onevision-7b", "--frames", "8", "--memory", "big"], "is not a size"),
+        (["--model", "llava-onevision-7b", "--frames", "0", "--memory", "24GB"], "--frames"),
+        (["--model", "llava-onevision-7b", "--frames", "8", "--memory", "24GB", "--kv-bits", "x"], "--kv-bits"),
+    ],
+)
+def test_cli_errors_are_one_line(capsys, argv, match):
+    assert main(["plan", *argv]) == 2
+    err = capsys.readouterr().err
+    assert match in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
