@@ -69,6 +69,9 @@ def add_run_parser(sub) -> argparse.ArgumentParser:
     run.add_argument("--max-new-tokens", type=positive_int, default=None,
                      help="longest answer in tokens (default: the checkpoint's generation_config max_new_tokens "
                      "when it sets one, else 128); generation also stops at the model's end token")
+    run.add_argument("--prefill-chunk-size", default="auto", metavar="N|auto|off",
+                     help="prefill the prompt N tokens at a time (lower peak memory on long prompts); auto (default): "
+                     "4096 once the prompt is longer than that; off: one pass")
     run.set_defaults(func=_run)
     return run
 
@@ -81,9 +84,19 @@ def _run(args) -> int:
     run_question(
         args.model, args.video, args.question, frames=args.frames, fps=args.fps, max_frames=args.max_frames,
         config=args.config, visual_window=args.visual_window, max_new_tokens=args.max_new_tokens, dtype=args.dtype,
-        device=args.device, backend=args.backend,
+        device=args.device, backend=args.backend, prefill_chunk_size=_chunk_setting(args.prefill_chunk_size),
     )
     return 0
+
+
+def _chunk_setting(text: str):
+    text = str(text).strip().lower()
+    if text in ("auto", "off"):
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise AdapterError(f"--prefill-chunk-size must be auto, off or a number of tokens, got {text!r}") from None
 
 
 # ----------------------------------------------------------------------------------------------- niah

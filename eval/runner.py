@@ -93,6 +93,7 @@ def run_question(
     dtype: str = "auto",
     device: str = "auto",
     backend: str = "pyav",
+    prefill_chunk_size="auto",
     out=None,
 ) -> dict:
     """What ``longctx-adapter run`` does; returns the answer and the adapter's report (also printed to ``out``).
@@ -100,7 +101,8 @@ def run_question(
     config: any form of the config grammar (docs/configuration.md); None: the folder's saved
     ``longctx_adapter.json``, else the family preset. max_new_tokens: None takes the checkpoint's
     ``generation_config.max_new_tokens`` when it sets one (a model without an end token declares its answer length
-    there), else 128."""
+    there), else 128. prefill_chunk_size: generate's chunked prefill; "auto" turns it on (planner.PREFILL_CHUNK
+    tokens) for prompts longer than one chunk, where it lowers the peak; "off" or a size."""
     from longctx_adapter.eval.arguments import check_model_folder
     from longctx_adapter.eval.video import load_video, video_inputs
     from transformers import TextStreamer
@@ -108,11 +110,13 @@ def run_question(
     from longctx_adapter import apply_adapter
     from longctx_adapter.config_text import config_source, parse_config
     from longctx_adapter.profiling.memory import measure, memory_probe
+    from longctx_adapter.profiling.planner import auto_prefill_chunk
 
     out = out or sys.stdout
     # Refuse a bad folder, video or config before loading any weights.
     model_type = check_model_folder(model_path)
     clip = load_video(video, None if fps is not None else frames, fps=fps, max_frames=max_frames, backend=backend)
+    auto_prefill_chunk(0, prefill_chunk_size)  # a bad setting fails before any weights load
     adapter = parse_config(config, model_type, folder=model_path, visual_window=visual_window)
     source = config_source(config, model_path)
     model, proc = load_model(model_path, dtype=dtype, device=device)
@@ -122,6 +126,7 @@ def run_question(
         inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
     if "pixel_values_videos" in inputs:
         inputs["pixel_values_videos"] = inputs["pixel_values_videos"].to(model.dtype)
+    chunk = auto_prefill_chunk(int(inputs["input_ids"].shape[1]), prefill_chunk_size)
     tokenizer = getattr(proc, "tokenizer", proc)
     streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     handle = apply_adapter(model, adapter) if adapter is not None else None
@@ -135,7 +140,8 @@ def run_question(
             max_new_tokens = DEFAULT_MAX_NEW_TOKENS
         length = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}
         with measure(probe) as measured, torch.inference_mode():
-            generated = model.generate(**inputs, do_sample=False, streamer=streamer, pad_token_id=pad, **length)
+            generated = model.generate(**inputs, do_sample=False, streamer=streamer, pad_token_id=pad, **length,
+                                       **({"prefill_chunk_size": chunk} if chunk else {}))
         stats = list(handle.last_stats) if handle is not None else []
     finally:
         if handle is not None:
@@ -152,6 +158,7 @@ def run_question(
         "tokens_after": after,
         "rope_factor": max(factors) if factors else None,
         "config": None if adapter is None else adapter.to_dict(),
+        "prefill_chunk_size": chunk,
         **measured,
     }
     span = f"{clip.timestamps[0]:.2f}-{clip.timestamps[-1]:.2f} s" if len(clip) else ""
@@ -161,6 +168,7 @@ def run_question(
     print(f"  config        : {described}", file=out)
     print(f"  frames        : {len(clip)} of {clip.total_frames} ({span}, {clip.backend})", file=out)
     print(f"  visual tokens : {before} -> {after}", file=out)
+    print(f"  prefill       : {f'chunks of {chunk} tokens' if chunk else 'one pass'}", file=out)
     factor = "stock RoPE" if not factors else f"{report['rope_factor']:.3f}"  # 3 decimals: a ratio of token counts
     print(f"  rope factor   : {factor}", file=out)
     print(f"  peak memory   : {_fmt_bytes(measured['peak_mem_bytes'])} ({measured['mem_method']})", file=out)

@@ -52,3 +52,27 @@ def test_run_errors_are_clear(checkpoint, tmp_path, capsys):
     video = write_video(tmp_path / "v.mp4", synthetic_video(4, 32, 32), fps=4)
     assert main(["run", "--model", str(checkpoint), "--video", video, "--question", "q", "--frames", "4"]) == 2
     assert "stride" in capsys.readouterr().err
+
+
+def test_run_prefills_long_prompts_in_chunks_with_the_same_answer(checkpoint, video, monkeypatch):
+    from longctx_adapter.profiling import planner
+
+    ask = dict(frames=8, config="progressive:2,4,4", max_new_tokens=4)
+    short = run_question(checkpoint, video, "what is it ?", out=io.StringIO(), **ask)
+    assert short["prefill_chunk_size"] is None  # the prompt fits one chunk of 4096 tokens
+    monkeypatch.setattr(planner, "PREFILL_CHUNK", 16)  # the same rule with a chunk shorter than this prompt
+    out = io.StringIO()
+    chunked = run_question(checkpoint, video, "what is it ?", out=out, **ask)
+    assert chunked["prefill_chunk_size"] == 16 and "prefill       : chunks of 16 tokens" in out.getvalue()
+    assert chunked["answer"] == short["answer"]
+    off = run_question(checkpoint, video, "what is it ?", out=io.StringIO(), prefill_chunk_size="off", **ask)
+    assert off["prefill_chunk_size"] is None and off["answer"] == short["answer"]
+
+
+def test_run_refuses_a_bad_prefill_chunk_size(checkpoint, video, capsys):
+    argv = ["run", "--model", str(checkpoint), "--video", video, "--question", "q", "--prefill-chunk-size", "lots"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--prefill-chunk-size must be auto, off or a number" in err and "Traceback" not in err
+    assert main([*argv[:-1], "0"]) == 2
+    assert "prefill chunk size must be" in capsys.readouterr().err

@@ -28,7 +28,7 @@ from longctx_adapter.ops.stages import GridShape
 from longctx_adapter.profiling.estimate import KV_BITS, estimate_memory
 from longctx_adapter.registry import MODEL_TYPE_TO_PATCH, family_for
 
-__all__ = ["PREFILL_CHUNK", "Plan", "parse_memory", "plan", "quantized_cache_kwargs"]
+__all__ = ["PREFILL_CHUNK", "Plan", "auto_prefill_chunk", "parse_memory", "plan", "quantized_cache_kwargs"]
 
 #: prompt tokens per prefill chunk when chunked prefill is on
 PREFILL_CHUNK = 4096
@@ -36,6 +36,18 @@ PREFILL_CHUNK = 4096
 VISION_CHUNK = 16
 _UNITS = {"": 2**30, "g": 2**30, "gb": 2**30, "gib": 2**30, "m": 2**20, "mb": 2**20, "mib": 2**20, "t": 2**40,
           "tb": 2**40, "tib": 2**40}  # fmt: skip
+
+
+def auto_prefill_chunk(prompt_tokens: int, setting="auto") -> int | None:
+    """generate's prefill_chunk_size for a prompt: "auto" chunks at PREFILL_CHUNK tokens once the prompt is longer
+    (below that one chunk is the whole prompt, so chunking saves nothing); "off"/None: never; an int: that size."""
+    if setting is None or setting == "off":
+        return None
+    if setting == "auto":
+        return PREFILL_CHUNK if prompt_tokens > PREFILL_CHUNK else None
+    if isinstance(setting, bool) or not isinstance(setting, int) or setting < 1:
+        raise AdapterError(f"prefill chunk size must be 'auto', 'off' or a positive number of tokens, got {setting!r}")
+    return setting
 
 
 @dataclass(frozen=True)
