@@ -122,3 +122,20 @@ def test_continuation_from_a_quantized_cache(model, inputs):
     assert type(first.past_key_values).__name__ == "QuantizedCache"
     assert torch.equal(continued[:, : ids.shape[1]], ids)
     assert torch.equal(continued[:, ids.shape[1] :], ref_next[:, -3:])
+
+
+@NEEDS_HQQ
+@pytest.mark.parametrize("nbits", [4, 2])
+def test_the_estimators_quantized_kv_term_equals_the_bytes_the_cache_holds(model, inputs, nbits):
+    from longctx_adapter.profiling.estimate import quantized_kv_bytes_per_token
+
+    with torch.inference_mode():
+        out = _generate(model, quantized("hqq", nbits), **inputs)
+    held, tokens = 0, None
+    for layer in out.past_key_values.layers:
+        for packed, meta in (layer._quantized_keys, layer._quantized_values):
+            held += packed.numel() * packed.element_size()
+            held += sum(meta[k].numel() * meta[k].element_size() for k in ("scale", "zero"))
+            tokens = meta["shape"][-2]
+    per_token = quantized_kv_bytes_per_token(model.config, nbits, model.dtype, group=16)
+    assert held == per_token * tokens

@@ -69,12 +69,12 @@ def param_bytes(config, dtype="bfloat16") -> int:
     return params * dtype_bytes(dtype) + buffers * 4
 
 
-def quantized_kv_bytes_per_token(config, bits: int, dtype="bfloat16") -> int:
+def quantized_kv_bytes_per_token(config, bits: int, dtype="bfloat16", group: int = KV_GROUP) -> float:
     """Cache bytes per token of the quantized KV cache: `bits` per value plus one scale and one zero point (model
-    dtype) per group of KV_GROUP values, for keys and values of every layer."""
+    dtype) per group of `group` values, for keys and values of every layer."""
     t = _text(getattr(config, "config", config))
     values = 2 * t["layers"] * t["kv_heads"] * t["head_dim"]
-    return values * bits // 8 + values // KV_GROUP * 2 * dtype_bytes(dtype)
+    return values * bits / 8 + values / group * 2 * dtype_bytes(dtype)
 
 
 def _text(config):
@@ -163,7 +163,7 @@ def estimate_memory(
         # stored: every token quantized (plus a residual window of up to KV_RESIDUAL tokens in full precision);
         # each update dequantizes the layer, concatenates the new tokens and re-quantizes the whole layer
         kv_token = quantized_kv_bytes_per_token(config, kv_bits, dtype)
-        kv = kv_token * seq + KV_RESIDUAL * 2 * t["layers"] * kvh * hd * b
+        kv = int(kv_token * seq) + KV_RESIDUAL * 2 * t["layers"] * kvh * hd * b
         kv_work = 3 * kv_layer
     elif kv_offload:
         kv_host = kv
