@@ -132,9 +132,11 @@ def test_pooled_tensors_equal_the_stages_the_rule_names(budget):
 def test_positions_follow_the_stages_the_rule_names():
     t = torch.arange(12.0)
     for budget in (500, 120, 30):
-        _, _, stages = reference_choice(12, 7, 7, budget)
-        budgeted = mrope_positions(3.0, t, 7, 7, {"type": "budget", "max_tokens": budget})
-        torch.testing.assert_close(budgeted, mrope_positions(3.0, t, 7, 7, stages), rtol=0, atol=0)
+        for mode in ("bilinear", "max"):
+            _, _, stages = reference_choice(12, 7, 7, budget)
+            stages = [{**s, "mode": mode} if s["type"] == "progressive" else s for s in stages]
+            budgeted = mrope_positions(3.0, t, 7, 7, {"type": "budget", "max_tokens": budget, "mode": mode})
+            torch.testing.assert_close(budgeted, mrope_positions(3.0, t, 7, 7, stages), rtol=0, atol=0)
 
 
 def test_a_video_that_fits_is_left_bit_exact():

@@ -131,6 +131,10 @@ class Budget(Stage):
     def keeps_frames(self, shape: GridShape) -> bool:
         return not self.choose(shape)
 
+    def for_coordinates(self) -> Budget:
+        """Same levels; max pooling's tokens sit at their window's centre, as `Progressive.for_coordinates` says."""
+        return self if self.mode != "max" else Budget(self.max_tokens, self.group, "avg")
+
 
 def _tokens(shape: GridShape, stages) -> int:
     for stage in stages:
