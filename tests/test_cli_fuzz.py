@@ -4,7 +4,7 @@ files, corrupt files) and every outcome must be one of
   - argparse's usage error (status 2, its `error:` line),
   - status 2 with one `longctx-adapter <command>: error: ...` line,
 never a Python exception (a traceback), never a hang (an alarm per example), never a substituted value.
-Derandomized and bounded (examples per command below; tiny models). `demo` is fuzzed on its argument checks
+Derandomized and bounded (examples per command below; tiny models; `plan` on real-size configs, estimated). `demo` is fuzzed on its argument checks
 only: a valid demo runs fresh processes for tens of seconds.
 """
 
@@ -356,6 +356,35 @@ def test_fuzz_profile(files):
                 assert (Path(out_dir) / "p" / "memory.png").is_file()
         finally:
             shutil.rmtree(out_dir, ignore_errors=True)
+
+    check()
+    print(f"\nCLI fuzz vectors so far: {TRIED}; outcomes: {OUTCOMES}")
+
+
+def test_fuzz_plan(files):
+    from longctx_adapter.profiling.planner import parse_memory
+
+    models = files["model"]
+
+    @_fuzz(16)
+    @given(st.data())
+    def check(data):
+        argv, v = _vector(data.draw, ["plan", "--json"], [
+            ("--model", ["llava-onevision-7b", "qwen2-vl-7b", models["ok"]],
+             ["no-such-preset", models["text_only"], models["file"], models["corrupt"], models["missing"]], True),
+            ("--frames", ["1", "64", "2048"], BAD_INTS, True),
+            ("--memory", ["24GB", "80 GiB", "40960MB"], ["0GB", "24XB", "lots", "-8GB", ""], True),
+            ("--reserve", ["0", "0.1", "0.25"], ["1", "-0.1", "x", "nan"], False),
+            ("--kv-bits", ["4", "4,2", "none"], ["x", "4;2"], False),
+            ("--dtype", ["bf16", "fp32"], ["int8"], False),
+        ])
+        TRIED["plan"] = TRIED.get("plan", 0) + 1
+        status, out, err = _invoke(argv)
+        if _check(argv, status, out, err):
+            chosen = json.loads(out)
+            reserve = float(v["--reserve"] or 0.10)  # 0.10: the documented default
+            assert chosen["peak_bytes"] <= parse_memory(v["--memory"]) * (1 - reserve)  # it fits, as claimed
+            assert chosen["visual_tokens"] >= 1
 
     check()
     print(f"\nCLI fuzz vectors so far: {TRIED}; outcomes: {OUTCOMES}")

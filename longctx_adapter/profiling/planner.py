@@ -231,16 +231,31 @@ def describe(chosen: Plan, tried: list[Plan], memory, reserve: float, frames: in
 # ---------------------------------------------------------------------------------------------------- CLI
 
 
+def _fraction(text: str) -> float:
+    """--reserve: a share of the memory in [0, 1)."""
+    import argparse
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction such as 0.1, got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1), got {text!r}")
+    return value
+
+
 def add_plan_arguments(parser) -> None:
+    from longctx_adapter.eval.arguments import dtype_choice, positive_int
+
     parser.add_argument("--model", required=True, help="real-size preset (e.g. llava-onevision-7b) or a local HF "
                         "checkpoint/config folder")  # fmt: skip
-    parser.add_argument("--frames", type=int, required=True, help="frames of the video")
+    parser.add_argument("--frames", type=positive_int, required=True, help="frames of the video")
     parser.add_argument("--memory", required=True, help="accelerator memory, e.g. 24GB (binary units: GB = GiB)")
-    parser.add_argument("--reserve", type=float, default=0.10, help="fraction kept free for the CUDA context, the "
+    parser.add_argument("--reserve", type=_fraction, default=0.10, help="fraction kept free for the CUDA context, the "
                         "allocator cache and fragmentation (default 0.10)")  # fmt: skip
     parser.add_argument("--kv-bits", default="4", help="quantized KV widths allowed, tried in order, e.g. 4 or 4,2; "
                         "'none' never quantizes the cache (default 4)")  # fmt: skip
-    parser.add_argument("--dtype", default="bf16", help="bf16 | fp16 | fp32 (default bf16)")
+    parser.add_argument("--dtype", default="bf16", type=dtype_choice(), help="bf16 | fp16 | fp32 (default bf16)")
     parser.add_argument("--json", action="store_true", help="print the chosen plan as JSON only")
 
 
@@ -248,8 +263,6 @@ def run_plan_cli(args) -> int:
     from longctx_adapter.profiling.dtypes import dtype_name
     from longctx_adapter.profiling.profiler import _configs, _source
 
-    if args.frames < 1:
-        raise AdapterError(f"--frames must be a positive integer, got {args.frames}")
     kv_text = str(args.kv_bits).strip().lower()
     try:
         bits = () if kv_text == "none" else tuple(int(v) for v in kv_text.split(",") if v.strip())
