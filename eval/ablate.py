@@ -41,7 +41,6 @@ __all__ = [
     "MODES",
     "load_results",
     "merge_results",
-    "parse_frames",
     "result_key",
     "run_ablation",
     "summarize",
@@ -51,19 +50,6 @@ __all__ = [
 MODES = ("loglik", "generate", "both")
 KV_AXIS_LABEL = "KV cache after prefill (MiB, computed from tokens)"
 RESULTS = "results.jsonl"
-
-
-def parse_frames(text) -> list[int]:
-    if isinstance(text, (list, tuple)):
-        values = [int(v) for v in text]
-    else:
-        try:
-            values = [int(v) for v in str(text).split(",") if v.strip()]
-        except ValueError:
-            raise AdapterError(f"--frames expects integers separated by ',', got {text!r}") from None
-    if not values or min(values) < 1:
-        raise AdapterError(f"--frames needs positive frame counts, got {text!r}")
-    return sorted(dict.fromkeys(values))
 
 
 def result_key(item_id, frames, label) -> tuple[str, int, str]:

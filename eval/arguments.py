@@ -17,6 +17,7 @@ __all__ = [
     "non_negative_int",
     "positive_float",
     "positive_int",
+    "parse_frames",
     "require_matplotlib",
 ]
 
@@ -129,3 +130,17 @@ def require_matplotlib(command: str) -> None:
         importlib.import_module("matplotlib")
     except ImportError:
         raise AdapterError(f"{command} draws plots and needs matplotlib: {PLOT_EXTRA}") from None
+
+
+def parse_frames(text) -> list[int]:
+    """A frame-count list ('8,16,32' or a list) -> sorted distinct positive counts."""
+    if isinstance(text, (list, tuple)):
+        values = [int(v) for v in text]
+    else:
+        try:
+            values = [int(v) for v in str(text).split(",") if v.strip()]
+        except ValueError:
+            raise AdapterError(f"--frames expects integers separated by ',', got {text!r}") from None
+    if not values or min(values) < 1:
+        raise AdapterError(f"--frames needs positive frame counts, got {text!r}")
+    return sorted(dict.fromkeys(values))

@@ -155,7 +155,7 @@ def _niah_generate(args) -> int:
 
 
 def _niah_export(args) -> int:
-    from longctx_adapter.eval.ablate import parse_frames
+    from longctx_adapter.eval.arguments import parse_frames
     from longctx_adapter.eval.niah import export_videos
 
     path = export_videos(args.dataset, parse_frames(args.frames), args.out, video_format=args.format)
@@ -238,7 +238,8 @@ def ablation_bases(configs, model_path, model_type, visual_window=None):
 
 def _ablate(args) -> int:
     from accelerate import PartialState
-    from longctx_adapter.eval.ablate import parse_frames, run_ablation, summarize, to_markdown
+    from longctx_adapter.eval.ablate import run_ablation, summarize, to_markdown
+    from longctx_adapter.eval.arguments import parse_frames
     from longctx_adapter.eval.configs import check_cells, expand_grid
     from longctx_adapter.eval.datasets import load_dataset
     from longctx_adapter.eval.runner import load_model

@@ -49,7 +49,7 @@ def test_help_describes_every_command(capsys):
     out = capsys.readouterr().out
     assert info.value.code == 0 and "later" not in out
     commands = build_parser()._subparsers._group_actions[0].choices
-    assert set(commands) == {"demo", "profile", "run", "niah", "ablate"}
+    assert set(commands) == {"demo", "profile", "plan", "run", "niah", "ablate"}
     head = " ".join(out.split("positional arguments")[0].split())
     assert all(f"{name} (" in head for name in commands)  # the description says what each one does
 

@@ -1,5 +1,6 @@
 """`longctx-adapter`: adapt Hugging Face video LMs to long videos. Commands: demo (the shipped tiny model,
-stock vs adapted), profile (memory and time per stage vs frames), run (one question about one video), niah
+stock vs adapted), profile (memory and time per stage vs frames), plan (the least-compressing config that fits a
+memory size), run (one question about one video), niah
 (V-NIAH: a needle in a video haystack) and ablate (a grid of configs x frame counts on a dataset).
 `longctx-adapter COMMAND --help` describes each; docs/cli.md lists what each refuses and why."""
 

@@ -777,8 +777,7 @@ def add_profile_arguments(parser) -> None:
 def run_profile_cli(args) -> int:
     from tqdm import tqdm
 
-    from longctx_adapter.eval.ablate import parse_frames
-    from longctx_adapter.eval.arguments import check_model_folder, require_matplotlib
+    from longctx_adapter.eval.arguments import check_model_folder, parse_frames, require_matplotlib
 
     require_matplotlib("profile")  # memory.png comes at the end: refuse before measuring anything
     frames = parse_frames(args.frames)
