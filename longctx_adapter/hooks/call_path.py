@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -380,28 +381,61 @@ class Continuation:
 
 
 def _remember_continuation(handle, output, prepared, plan) -> None:
+    """Record how the returned cache lines up with the caller's sequences; never fails a finished generate().
+
+    The output is complete at this point: if it has a shape this bookkeeping does not expect, continuing from its
+    cache is left unsupported (with a warning) rather than losing the output to an exception.
+    """
     cache = getattr(output, "cache", None)
     if cache is None or isinstance(output, torch.Tensor):
         return
+    try:
+        continuation = _continuation_record(handle, output, prepared, plan)
+        if continuation is None:
+            return
+        handle.continuations[cache] = continuation
+        if plan is not None:
+            handle.rope.remember(cache, plan)
+    except Exception as error:  # noqa: BLE001 - the generation has finished; bookkeeping must not lose it
+        _skip_continuation(f"{type(error).__name__}: {error}")
+
+
+def _skip_continuation(why: str) -> None:
+    warnings.warn(
+        f"longctx-adapter: the returned cache cannot be continued with generate(cache=...) ({why}); "
+        "the generated sequences are complete. Start a new generate() to continue the text",
+        RuntimeWarning,
+        stacklevel=4,
+    )
+
+
+def _continuation_record(handle, output, prepared, plan) -> Continuation | None:
     adapted = output.sequences
-    generated = adapted.shape[1] - prepared.rewritten.input_ids.shape[1]
+    prompt_ids = prepared.rewritten.input_ids
+    rows, prompt_rows = adapted.shape[0], prompt_ids.shape[0]
+    generated = adapted.shape[1] - prompt_ids.shape[1]
+    if adapted.dim() != 2 or rows % prompt_rows or generated < 0:
+        _skip_continuation(f"{tuple(adapted.shape)} sequences for a prompt of {tuple(prompt_ids.shape)}")
+        return None
+    per_row = rows // prompt_rows  # num_return_sequences (sampling or beams) expands every prompt row
+
+    def expand(value: torch.Tensor) -> torch.Tensor:
+        return value.repeat_interleave(per_row, dim=0) if per_row > 1 else value
+
     mask = prepared.call.get("attention_mask")
     if mask is None:
-        mask = torch.ones_like(prepared.rewritten.input_ids)
-    mask = torch.cat([mask, mask.new_ones(mask.shape[0], generated)], dim=1)
+        mask = torch.ones_like(prompt_ids)
+    mask = expand(mask)
+    mask = torch.cat([mask, mask.new_ones(rows, generated)], dim=1)
     extra = {}
     for name in handle.family.token_tensors:
         if prepared.call.get(name) is not None:
-            value = prepared.call[name]
-            extra[name] = torch.cat([value, value.new_zeros(value.shape[0], generated)], dim=1)
-    caller = (
-        torch.cat([prepared.caller_input_ids.to(adapted.device), adapted[:, -generated:]], dim=1)
-        if generated
-        else (prepared.caller_input_ids)
-    )
-    handle.continuations[cache] = Continuation(caller, adapted.clone(), mask, extra, plan)
-    if plan is not None:
-        handle.rope.remember(cache, plan)
+            value = expand(prepared.call[name])
+            extra[name] = torch.cat([value, value.new_zeros(rows, generated)], dim=1)
+    caller = expand(prepared.caller_input_ids.to(adapted.device))
+    if generated:
+        caller = torch.cat([caller, adapted[:, adapted.shape[1] - generated :]], dim=1)
+    return Continuation(caller, adapted.clone(), mask, extra, plan)
 
 
 def _continuation(handle, call) -> Continuation | None:
