@@ -226,14 +226,34 @@ def test_float32_and_bfloat16_features_follow_the_float64_reference():
     torch.testing.assert_close(out16.double(), ref, rtol=2e-2, atol=2e-2)
 
 
-def test_a_window_whose_weights_all_underflow_takes_the_plain_average():
+def test_overlapping_windows_far_below_the_peak_keep_their_own_softmax():
+    """Overlapping windows shift by their own maximum too: a shift by the global peak would underflow every weight
+    of the later windows (exp(-1000)) and lose their softmax."""
     grid = make_grid(1, 1, 4, 3, dtype=torch.float64)
-    weights = torch.tensor([1.0, 0.0, 0.0, 0.0], dtype=torch.float64).reshape(1, 1, 4)
-    out = weighted_window_pool(grid, weights, (1, 1, 2), (1, 1, 1), 1e-4)  # overlapping: global-max shift
+    weights = torch.tensor([1.0, 0.0, 0.02, 0.0], dtype=torch.float64).reshape(1, 1, 4)
+    out = weighted_window_pool(grid, weights, (1, 1, 2), (1, 1, 1), 1e-3)
+    ref = naive_prompt_guided(grid, weights, (1, 1, 2), (1, 1, 1), 1e-3)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
     assert torch.equal(out[0, 0, 0], grid[0, 0, 0])  # the peak takes the whole first window
-    plain = conv3d_pool(grid, (1, 1, 2), (1, 1, 1))
-    assert torch.equal(out[0, 0, 1:], plain[0, 0, 1:])  # exp(-1e4) underflows in float64 there
-    assert torch.isfinite(out).all()
+    assert not torch.allclose(out[0, 0, 1], grid[0, 0, 1:3].mean(0))  # not the plain average
+
+
+@pytest.mark.parametrize(
+    "shape, kernel, stride",
+    [((4, 7, 9), (2, 3, 3), (1, 2, 2)), ((5, 6, 6), (3, 2, 4), (2, 2, 3)), ((3, 9, 10), (1, 4, 4), (1, 3, 3))],
+)
+def test_float32_matches_float64_on_peaked_weights_with_overlapping_windows(shape, kernel, stride):
+    """Temperature 0.01 and one dominant token: every window of the float32 pool follows the float64 reference."""
+    grid64 = make_grid(*shape, 16, dtype=torch.float64)
+    logits = make_logits(*shape, scale=3.0).double()
+    logits[1, 2, 3] += 40.0  # one token takes almost all of the global softmax
+    weights = global_softmax(logits)
+    ref = naive_prompt_guided(grid64, weights, kernel, stride, 0.01)
+    out32 = weighted_window_pool(grid64.float(), weights, kernel, stride, 0.01)  # Guide.weights() is float64
+    assert out32.dtype == torch.float32
+    torch.testing.assert_close(out32.double(), ref, rtol=1e-6, atol=1e-6)
+    out64 = weighted_window_pool(grid64, weights, kernel, stride, 0.01)
+    torch.testing.assert_close(out64, ref, rtol=1e-12, atol=1e-12)
 
 
 def test_windows_far_below_the_peak_keep_their_own_softmax():

@@ -2,16 +2,17 @@
 question relevance of its tokens.
 
 `w = softmax(logits)` over all T*H*W tokens of the grid it pools, then inside each window
-`a = softmax(w_window / temperature)` and `out = sum(a * features)`. Computed as `avg_pool3d(f * e) / avg_pool3d(e)`
-with `e = exp((w - m) / temperature)` over conv3d's exact windows (ceil_mode, partial tails averaged over what
-exists), `m` the window's own maximum where windows do not overlap (kernel == stride on every axis) and the global
-maximum otherwise. Uniform weights give `e == 1` exactly, so the result is conv3d average pooling bit for bit. A
-window whose weights all underflow (only possible with overlapping windows and extreme logits) has a zero
-denominator and takes the plain average instead. Without a question it is conv3d average pooling.
+`a = softmax(w_window / temperature)` and `out = sum(a * features)`. Computed as `sum(f * e) / sum(e)` with
+`e = exp((w - m) / temperature)` over conv3d's exact windows (ceil_mode, partial tails averaged over what exists),
+`m` each window's own maximum, so every window's largest weight is exactly 1 and no window underflows, however
+peaked the weights (float32 follows a float64 reference to ~1e-7). Windows that tile the grid (kernel == stride)
+use avg_pool3d on one `e` map; overlapping windows, where one token has a different `e` in each window, take one
+strided pass per kernel offset. Uniform weights and no question are conv3d average pooling, bit for bit.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -99,24 +100,43 @@ def weighted_window_pool(grid: torch.Tensor, weights: torch.Tensor, kernel, stri
     kernel, stride = tuple(int(k) for k in kernel), tuple(int(s) for s in stride)
     compute = torch.float32 if grid.dtype in (torch.float16, torch.bfloat16) else grid.dtype
     z = weights.to(device=grid.device, dtype=torch.float64)
+    if bool(z.max() == z.min()):  # uniform weights: every window's softmax is the plain average
+        return conv3d_pool(grid, kernel, stride)
     z = (z - z.max()) / float(temperature)
-    if kernel == stride:
-        z = z - _non_overlapping_max(z, kernel, stride)
-    e = torch.exp(z).to(compute)
+    if kernel != stride:
+        return _overlapping_window_pool(grid.to(compute), z, kernel, stride).to(grid.dtype)
+    e = torch.exp(z - _non_overlapping_max(z, kernel, stride)).to(compute)  # 1 at each window's maximum
     features = grid.to(compute) * e[..., None]
     num = F.avg_pool3d(features.permute(3, 0, 1, 2)[None], kernel, stride, ceil_mode=True, count_include_pad=False)
     den = F.avg_pool3d(e[None, None], kernel, stride, ceil_mode=True, count_include_pad=False)
-    out = num / den
-    empty = den == 0
-    if bool(empty.any()):  # every weight of a window underflowed: plain average there
-        plain = F.avg_pool3d(grid.to(compute).permute(3, 0, 1, 2)[None], kernel, stride, ceil_mode=True,
-                             count_include_pad=False)  # fmt: skip
-        out = torch.where(empty, plain, out)
-    return out[0].permute(1, 2, 3, 0).to(grid.dtype)
+    return (num / den)[0].permute(1, 2, 3, 0).to(grid.dtype)
+
+
+def _overlapping_window_pool(grid: torch.Tensor, z: torch.Tensor, kernel, stride) -> torch.Tensor:
+    """Windows that overlap (or leave gaps): each window shifts by its own maximum, so its softmax never
+    underflows however far it lies below the global peak. One strided pass per kernel offset: the memory of one
+    output grid, no copy of the input."""
+    peak = F.max_pool3d(z[None, None], kernel, stride, ceil_mode=True)[0, 0]  # (T', H', W') window maxima
+    out_shape = tuple(peak.shape)
+    num = grid.new_zeros(*out_shape, grid.shape[-1])
+    den = torch.zeros(out_shape, dtype=grid.dtype, device=grid.device)
+    for offset in itertools.product(*(range(k) for k in kernel)):
+        counts = [
+            min(n_out, (n - 1 - a) // s + 1) if a < n else 0
+            for n_out, n, a, s in zip(out_shape, z.shape, offset, stride)
+        ]
+        if 0 in counts:
+            continue
+        source = tuple(slice(a, a + (c - 1) * s + 1, s) for a, c, s in zip(offset, counts, stride))
+        target = tuple(slice(0, c) for c in counts)
+        e = torch.exp(z[source] - peak[target]).to(grid.dtype)
+        num[target] += grid[source] * e[..., None]
+        den[target] += e
+    return num / den[..., None]
 
 
 def prompt_guided_pool(grid: torch.Tensor, weights: torch.Tensor | None, kernel, stride, temperature: float = 0.01):
     """PPLLaVA's prompt-guided pooling; None or constant weights are conv3d average pooling (exactly)."""
-    if weights is None or bool(weights.max() == weights.min()):
+    if weights is None:
         return conv3d_pool(grid, kernel, stride)
     return weighted_window_pool(grid, weights, kernel, stride, temperature)
