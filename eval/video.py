@@ -35,6 +35,7 @@ and decoding stay ours where they are stricter than ``video_utils`` (see :func:`
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import warnings
 from collections.abc import Sequence
@@ -547,9 +548,33 @@ def load_processor(path_or_model):
     try:
         return AutoProcessor.from_pretrained(path_or_model)
     except ImportError as exc:  # HF's image and video processors need torchvision
+        missing = [name for name in ("torchvision", "av") if importlib.util.find_spec(name) is None]
+        if missing:
+            raise AdapterError(
+                f"cannot build the processor of {path_or_model}: {exc}; {' and '.join(missing)} "
+                f"{'is' if len(missing) == 1 else 'are'} not installed: install the video extra "
+                "(pip install 'longctx-adapter[video]': torchvision and PyAV)"
+            ) from exc
+        hint = _processor_files_hint(path_or_model)
         raise AdapterError(
-            f"cannot build the processor of {path_or_model}: {exc}; install the video extra "
-            "(pip install 'longctx-adapter[video]': torchvision and PyAV)"
+            f"cannot build the processor of {path_or_model}: {exc}" + (f"; {hint}" if hint else "")
         ) from exc
     except (OSError, ValueError, TypeError) as exc:  # no processor files, or files this transformers cannot read
-        raise AdapterError(f"cannot load the processor of {path_or_model}: {exc}") from exc
+        raise AdapterError(
+            f"cannot load the processor of {path_or_model}: {_processor_files_hint(path_or_model) or exc}"
+        ) from exc
+
+
+_PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json", "video_preprocessor_config.json")
+
+
+def _processor_files_hint(path_or_model) -> str:
+    """What to do when a local checkpoint folder was saved without its processor."""
+    if not isinstance(path_or_model, (str, os.PathLike)) or not os.path.isdir(path_or_model):
+        return ""
+    if any(os.path.isfile(os.path.join(path_or_model, name)) for name in _PROCESSOR_FILES):
+        return ""
+    return (
+        f"the folder has no processor files ({', '.join(_PROCESSOR_FILES[:2])}): save the model's processor "
+        "there too (processor.save_pretrained(folder)) or copy them from the original checkpoint"
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 
 from longctx_adapter.compat import check_transformers_version
@@ -59,8 +60,25 @@ def _with_visual_window(model_type, config: AdapterConfig) -> AdapterConfig:
     return config.replace(rope={**rope, "visual_window": window})
 
 
+def _has_path(obj, dotted: str) -> bool:
+    for part in dotted.split("."):
+        if not hasattr(obj, part):
+            return False
+        obj = getattr(obj, part)
+    return True
+
+
 def _check_model(model, family) -> None:
     for dotted in family.required:
+        if _has_path(model, dotted):
+            continue
+        inner = dotted.split(".", 1)[1] if "." in dotted else None
+        if inner is not None and _has_path(model, inner):  # it holds what the top model's `.model` holds
+            raise AdapterError(
+                f"apply_adapter got {type(model).__name__}, the inner model of a {family.model_types[0]} "
+                "checkpoint; pass the whole model that has generate() (e.g. apply_adapter(model), not "
+                "apply_adapter(model.model))"
+            )
         obj = model
         for part in dotted.split("."):
             if not hasattr(obj, part):
@@ -79,6 +97,21 @@ def _check_grid(model, family, config: AdapterConfig) -> None:
         check_frame_grid(height, width, config.pooling)
 
 
+def _check_is_model(model) -> None:
+    if isinstance(model, (str, os.PathLike)):
+        raise AdapterError(
+            f"apply_adapter takes a loaded model, got the path or hub id {os.fspath(model)!r}; load and adapt it in "
+            f"one step with longctx_adapter.from_pretrained({os.fspath(model)!r}), or load it with transformers "
+            "first and pass the model"
+        )
+    if getattr(getattr(model, "config", None), "model_type", None) is None:
+        raise AdapterError(
+            f"apply_adapter takes a loaded transformers model (with a config.model_type), got "
+            f"{type(model).__name__}; pass e.g. the LlavaOnevisionForConditionalGeneration or "
+            "Qwen2VLForConditionalGeneration instance that has generate()"
+        )
+
+
 def apply_adapter(
     model, config: AdapterConfig | Mapping | str | None = None, *, scorer=None, tokenizer=None, **overrides
 ) -> AdapterHandle:
@@ -91,8 +124,8 @@ def apply_adapter(
     "scorer". tokenizer: the model's tokenizer (or processor), to read the question from the prompt's text tokens.
     """
     check_transformers_version()
-    model_config = getattr(model, "config", None)
-    model_type = getattr(model_config, "model_type", None)
+    _check_is_model(model)
+    model_type = model.config.model_type
     family = family_for(model_type)
     if handle_of(model) is not None:
         raise AdapterError(
@@ -146,6 +179,7 @@ def from_pretrained(
     from transformers import AutoConfig, AutoModelForImageTextToText
 
     check_transformers_version()
+    _check_local_path(name_or_path)
     if adapter is None:
         saved = find_saved_config(name_or_path, **hf_kwargs)
         adapter = read_adapter_config(saved) if saved is not None else None
@@ -157,6 +191,34 @@ def from_pretrained(
         handle_of(model).remove()
     apply_adapter(model, adapter, scorer=scorer, tokenizer=tokenizer)
     return model
+
+
+def _looks_like_local_path(name: str) -> bool:
+    """Hub ids are 'name' or 'namespace/name'; anything else with a separator or a leading '.', '~' is a path."""
+    return (
+        os.path.isabs(name)
+        or name.startswith((".", "~"))
+        or name.count("/") > 1
+        or (os.sep != "/" and os.sep in name)
+        or (os.altsep is not None and os.altsep != "/" and os.altsep in name)
+    )
+
+
+def _check_local_path(name_or_path) -> None:
+    """A local folder that is not there gets a plain answer, not the hub's repo-id rules."""
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise AdapterError(
+            f"from_pretrained takes a local folder or a hub id, got {type(name_or_path).__name__}; to adapt a "
+            "model already loaded, use apply_adapter(model)"
+        )
+    name = os.fspath(name_or_path)
+    if os.path.isfile(name):
+        raise AdapterError(f"{name!r} is a file; pass the checkpoint folder that holds config.json and the weights")
+    if not os.path.exists(name) and (isinstance(name_or_path, os.PathLike) or _looks_like_local_path(name)):
+        raise AdapterError(
+            f"the folder {name!r} does not exist; pass the folder a checkpoint was saved to (with config.json), "
+            "or a hub id such as 'llava-hf/llava-onevision-qwen2-0.5b-ov-hf'"
+        )
 
 
 def _config_kwargs(hf_kwargs: Mapping) -> dict:

@@ -194,16 +194,32 @@ def test_load_processor_reads_a_saved_checkpoint(tmp_path, mp4):
 
 
 def test_load_processor_errors_name_the_fix(tmp_path, monkeypatch):
+    import importlib.util
+
     import transformers
 
-    with pytest.raises(AdapterError, match="cannot load the processor of"):
-        load_processor(tmp_path)  # a folder without processor files
+    from longctx_adapter.testing.tiny_qwen import qwen_tiny_model
+
+    qwen_tiny_model("qwen2_vl").save_pretrained(tmp_path)  # a Qwen checkpoint folder without processor files
+    with pytest.raises(AdapterError, match="cannot load the processor of") as err:
+        load_processor(tmp_path)
+    assert "has no processor files" in str(err.value) and "processor.save_pretrained" in str(err.value)
+    assert "torchvision" not in str(err.value).lower()
 
     def no_torchvision(*args, **kwargs):
         raise ImportError("LlavaOnevisionVideoProcessor requires the Torchvision library")
 
     monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", no_torchvision)
-    with pytest.raises(AdapterError, match=r"Torchvision library; install the video extra .*longctx-adapter\[video\]"):
+    with pytest.raises(AdapterError, match="Torchvision library") as err:  # installed: do not say install it
+        load_processor(tmp_path)
+    assert "install" not in str(err.value) and "has no processor files" in str(err.value)
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "torchvision" else real_find_spec(name, *a)
+    )
+    with pytest.raises(
+        AdapterError, match=r"torchvision is not installed: install the video extra .*longctx-adapter\[video\]"
+    ):
         load_processor(tmp_path)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from helpers import logits_of
@@ -109,6 +111,32 @@ def test_from_pretrained_unsupported_model(saved):
         longctx_adapter.from_pretrained(saved["llama"])
     for model_type in supported_models():
         assert model_type in str(err.value)
+
+
+def test_from_pretrained_missing_folder_says_so(tmp_path):
+    for missing in (tmp_path / "no" / "such", str(tmp_path / "nothing"), "/no/such/dir", "./no_such_dir", "a/b/c"):
+        with pytest.raises(AdapterError, match="does not exist") as err:
+            longctx_adapter.from_pretrained(missing)
+        assert "repo" not in str(err.value).lower()
+    (tmp_path / "weights.bin").write_bytes(b"x")
+    with pytest.raises(AdapterError, match="is a file; pass the checkpoint folder"):
+        longctx_adapter.from_pretrained(tmp_path / "weights.bin")
+
+
+@pytest.mark.parametrize("model_type", ["llava_onevision", "qwen2_vl", "qwen3_vl"])
+def test_apply_adapter_on_the_wrong_object_says_what_to_pass(model_type):
+    from longctx_adapter.testing.tiny import tiny_model
+    from longctx_adapter.testing.tiny_qwen import QWEN_TINY_TYPES, qwen_tiny_model
+
+    model = qwen_tiny_model(model_type) if model_type in QWEN_TINY_TYPES else tiny_model(model_type)
+    with pytest.raises(AdapterError, match=r"inner model .* pass the whole model that has generate\(\)"):
+        apply_adapter(model.model)
+    assert longctx_adapter.get_adapter(model.model) is None
+    for hub_id in ("some/hub-id", Path("some/folder")):
+        with pytest.raises(AdapterError, match=r"takes a loaded model.*from_pretrained\("):
+            apply_adapter(hub_id)
+    with pytest.raises(AdapterError, match="takes a loaded transformers model"):
+        apply_adapter(object())
 
 
 def test_two_loaded_models_are_adapted_independently(saved):
