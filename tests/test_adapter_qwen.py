@@ -99,6 +99,8 @@ def test_adapter_ids_equal_stock_get_rope_index_when_unpooled(model_type, model)
 
 POOLED = {  # pooling of a 4-frame (4 temporal patches of 4x4) video: input frames of each pooled frame, strides
     "progressive": (PROGRESSIVE, [(0,), (1,), (2,), (3,)], [1, 2, 1, 2]),
+    # max pooling picks features, its ids are still the window centres (partial 1-wide tail windows at stride 3)
+    "progressive_max": ({**PROGRESSIVE, "strides": [1, 3], "mode": "max"}, [(0,), (1,), (2,), (3,)], [1, 3, 1, 3]),
     "spatial": (SPATIAL, [(0,), (1,), (2,), (3,)], [2, 2, 2, 2]),
     "temporal": (TEMPORAL, [(0, 1), (2, 3)], [1, 1]),
     "temporal_overlap": ({"type": "temporal", "kernel": 3, "stride": 2}, [(0, 1, 2), (2, 3)], [1, 1]),
