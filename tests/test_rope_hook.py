@@ -147,10 +147,17 @@ def test_generate_differs_and_remove_restores(model_type, model):
     assert not model.model.language_model.rotary_emb._forward_hooks
 
 
-def test_chunked_prefill_prefilled_cache_and_manual_decode_agree(model_type, model):
+@pytest.mark.parametrize(
+    "kind, scope", [("yarn", "all"), ("yarn", "visual"), ("interpolate", "all"), ("interpolate", "visual")]
+)
+def test_chunked_prefill_prefilled_cache_and_manual_decode_agree(model_type, model, kind, scope):
+    """Chunks after the first and decode steps find their columns through the cache offset (scope "visual" reads
+    which columns are visual, interpolate how far each column moves; yarn "all" reads neither)."""
+    if (kind, scope) != ("yarn", "all") and model_type in ("llava", "llava_next"):
+        pytest.skip("one hook for every LLaVA class: long prompts chunked at 17 are slow; see the two others")
     inputs = hand_inputs(model_type, FRAMES, seed=7)
     window = max(1, _visual_count(model, model_type, inputs) // 4)
-    rope = {"type": "yarn", "visual_window": window, "scope": "all"}
+    rope = {"type": kind, "visual_window": window, "scope": scope}
     with apply_adapter(model, pooling=None, rope=rope) as handle:
         kw = dict(max_new_tokens=5, do_sample=False, output_scores=True, return_dict_in_generate=True)
         whole = model.generate(**inputs, **kw)
@@ -169,6 +176,34 @@ def test_chunked_prefill_prefilled_cache_and_manual_decode_agree(model_type, mod
         prompt = inputs["input_ids"].shape[1]
         assert torch.equal(torch.stack(tokens, 1), whole.sequences[:, prompt:])
         assert handle.last_stats[0]["rope_factor"] > 1
+
+
+@pytest.mark.parametrize("scope", ["all", "visual"])
+def test_interpolate_decode_steps_sit_after_the_compressed_prompt(model_type, model, scope):
+    """Scope "all": a decode step's position moves back by the whole prompt's compression (a naive full-sequence
+    reference); scope "visual": text, decode steps included, keeps stock positions."""
+    inputs = hand_inputs(model_type, FRAMES, seed=11)
+    window = _visual_count(model, model_type, inputs) // 3
+    text = model.config.text_config
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    inv = default_inv_freq(head_dim, text.rope_parameters["rope_theta"])
+    prompt = inputs["input_ids"].shape[1]
+    with apply_adapter(model, pooling=None, rope={"type": "interpolate", "visual_window": window, "scope": scope}):
+        out = model(**inputs, use_cache=True)
+        mask = torch.cat([inputs["attention_mask"], torch.ones_like(inputs["attention_mask"][:, :2])], dim=1)
+        cap = Capture(model)
+        step = model(input_ids=out.logits[:, -1:].argmax(-1), attention_mask=mask[:, :-1], cache=out.cache)
+        model(input_ids=step.logits[:, -1:].argmax(-1), attention_mask=mask, cache=step.cache)
+        cap.close()
+    visual = torch.cat([inputs["input_ids"], torch.zeros_like(mask[:, :2])], 1) == _token(model, model_type)
+    whole = torch.arange(prompt + 2)[None]
+    expected_pos = interpolate_positions(whole, visual, window) if scope == "all" else whole.float()
+    for n, (pos, cos, sin) in enumerate(cap.calls):
+        assert torch.equal(pos, whole[:, prompt + n : prompt + n + 1])
+        ref_cos, ref_sin = rope_cos_sin(inv, expected_pos[:, prompt + n : prompt + n + 1])
+        torch.testing.assert_close(cos, ref_cos, rtol=0, atol=1e-6)
+        torch.testing.assert_close(sin, ref_sin, rtol=0, atol=1e-6)
+    assert scope == "visual" or float(expected_pos[0, -1]) < prompt  # the reference really moved the step back
 
 
 def test_rows_with_different_visual_lengths_get_their_own_factor():
