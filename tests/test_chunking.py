@@ -10,7 +10,7 @@ import torch
 
 from longctx_adapter import AdapterConfig, AdapterError, apply_adapter
 from longctx_adapter.hooks.chunking import ChunkedSegment, _chunks, chunk_plan, encode_segments
-from longctx_adapter.ops.pooling import normalize_pooling
+from longctx_adapter.ops.pooling import normalize_pooling, pool_video
 from longctx_adapter.testing.tiny import hand_inputs, tiny_model
 from longctx_adapter.testing.tiny_qwen import qwen_hand_inputs, qwen_tiny_model
 
@@ -61,10 +61,12 @@ def test_chunked_equals_unchunked_qwen(model_type):
     inputs = qwen_hand_inputs(model_type, frames=12, batch=2, frame_counts=[12, 8])
     # (temporal merges frames: on Qwen3-VL that deletes blocks of text, chunked or not)
     poolings = [{"type": "progressive", "group": 2, "strides": [1, 2]}, {"type": "temporal", "kernel": 2, "stride": 2}]
+    # chunks of 1 or 3 grid frames (2, 6 frames) pool after concatenation; 2 and 4 grid frames (4, 8) chunk by chunk
     for pooling in poolings:
         ref = _run(model, AdapterConfig(pooling=pooling), inputs)
-        for chunk in (2, 6):
-            got = _run(model, AdapterConfig(pooling=pooling, vision_chunk_frames=chunk), inputs, generate=chunk == 2)
+        for chunk in (2, 4, 6, 8):
+            assert chunk_plan(normalize_pooling(pooling), chunk // 2)[0] == (chunk in (4, 8))
+            got = _run(model, AdapterConfig(pooling=pooling, vision_chunk_frames=chunk), inputs, generate=chunk <= 4)
             assert torch.equal(ref[0], got[0]), (pooling, chunk)
             assert ref[1] == got[1]
             assert got[2].numel() == 0 or torch.equal(ref[2], got[2])
@@ -88,6 +90,27 @@ def test_frame_local_chunks_keep_only_pooled_tokens(llava_models):
     with torch.inference_mode():
         (seg,), _ = encode_segments(family, model, kwargs, [0], other)
     assert not isinstance(seg, ChunkedSegment) and tuple(seg.grid.shape[:3]) == (8, 7, 7)
+
+
+def test_qwen3_frame_local_chunks_pool_deepstack_features_like_the_main_grid():
+    """Frame-local chunks on Qwen3-VL: every DeepStack level pooled chunk by chunk equals pooling it whole."""
+    model = qwen_tiny_model("qwen3_vl")
+    inputs = qwen_hand_inputs("qwen3_vl", frames=12)
+    family = __import__("longctx_adapter.registry", fromlist=["family_for"]).family_for("qwen3_vl")
+    kwargs = {k: inputs[k] for k in ("pixel_values_videos", "video_grid_thw")}
+    pooling = {"type": "progressive", "group": 2, "strides": [1, 2]}
+    with torch.inference_mode():
+        (whole,), _ = encode_segments(family, model, kwargs, [0], AdapterConfig(pooling=pooling))
+        (seg,), template = encode_segments(
+            family, model, kwargs, [0], AdapterConfig(pooling=pooling, vision_chunk_frames=4)
+        )
+    assert isinstance(seg, ChunkedSegment) and tuple(seg.grid.shape[:3]) == tuple(whole.grid.shape[:3])
+    assert len(whole.side_grids) >= 1 and len(seg.side_pooled) == len(whole.side_grids)
+    stages = normalize_pooling(pooling)
+    for level, side in enumerate(whole.side_grids):
+        torch.testing.assert_close(seg.side_pooled[level], pool_video(side, stages).flatten(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(seg.pooled.flatten(), pool_video(whole.grid, stages).flatten(), rtol=1e-5, atol=1e-6)
+    assert set(template.keys()) == {"pooler_output", "deepstack_features"}
 
 
 def test_chunk_plan_and_bounds():
