@@ -5,7 +5,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-compat test-lmms test-vllm bench-vllm bench lint clean train-tiny measure-tiny train-tiny-vcwe measure-tiny-vcwe measure-merging
+.PHONY: venv demo test mutate test-compat test-lmms test-vllm bench-vllm bench lint clean train-tiny measure-tiny train-tiny-vcwe measure-tiny-vcwe measure-merging
 
 # test-compat: the suite against the OLDEST supported transformers (the floor of pyproject's range) in a second venv.
 COMPAT_VENV ?= .venv-compat
@@ -126,6 +126,11 @@ test-vllm: $(STAMP) $(VLLM_STAMP)
 # bench-vllm: requests/s and time to first token, stock vs adapted vLLM, 32-128 frames (writes docs/vllm_benchmark.*)
 bench-vllm: $(STAMP) $(VLLM_STAMP)
 	LONGCTX_HF_PYTHON=$(abspath $(PY)) $(VLLM_PY) benchmarks/vllm_serving.py
+
+# mutate: hand-written mutants of the ops and hook layers against their tests (benchmarks/mutants.py; not part of
+# make test; ~20-30 min on 2 cores). Prints the kill rate and every survivor.
+mutate: $(STAMP)
+	$(PY) benchmarks/mutants.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
