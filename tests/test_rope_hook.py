@@ -309,3 +309,22 @@ def test_ablation_grid_switches_without_reloading():
     assert torch.equal(model(**inputs).logits, stock)
     distinct = {tuple(v.flatten()[-50:].tolist()) for v in seen.values()}
     assert len(distinct) > len(seen) // 2  # the knobs really change the computation
+
+
+def test_plans_follow_generates_row_expansion():
+    """generate() expands each row in place for beams / num_return_sequences (repeat_interleave): so does the plan."""
+    from longctx_adapter.hooks.rotary import RopeBase, _expanded, plan_rope
+
+    base = RopeBase(head_dim=8, theta=1e4, partial_rotary_factor=1.0, model_factor=1.0)
+    visual = torch.zeros(2, 12, dtype=torch.bool)
+    visual[0, 2:10], visual[1, 2:6] = True, True  # 8 and 4 visual tokens: factors 4 and 2 at window 2
+    for spec in ({"type": "yarn", "visual_window": 2, "scope": "all"}, {"type": "interpolate", "visual_window": 2}):
+        plan = plan_rope({"scope": "all", **spec}, base, visual)
+        wide = _expanded(plan, 4)
+        assert wide.factors == [4.0, 4.0, 2.0, 2.0]
+        assert torch.equal(wide.visual, visual[[0, 0, 1, 1]])
+        for name in ("inv_freq", "scaling", "shift"):
+            if getattr(plan, name) is not None:
+                assert torch.equal(getattr(wide, name), getattr(plan, name)[[0, 0, 1, 1]])
+    with pytest.raises(AdapterError, match="internal"):
+        _expanded(plan, 3)
