@@ -85,7 +85,7 @@ def _check_model(model, family) -> None:
                 raise AdapterError(
                     f"{type(model).__name__} has no attribute {dotted!r}, which the {family.model_types[0]} patch "
                     "hooks; this transformers version changed the model layout. Use a supported transformers "
-                    "release (see README, Compatibility) or report it."
+                    "release (docs/compatibility.md) or report it."
                 )
             obj = getattr(obj, part)
 

@@ -38,8 +38,8 @@ def _thaw(value):
 class AdapterConfig:
     """What to pool and how to extend RoPE; every value is plain data so ablations are one dict away.
 
-    pooling: None, one stage dict, or a list of stage dicts applied in order (see README "Pooling").
-    rope: None or a dict (visual context window extension; see README "Visual RoPE").
+    pooling: None, one stage dict, or a list of stage dicts applied in order (docs/configuration.md#pooling-stages).
+    rope: None or a dict (visual context window extension; docs/configuration.md#rope).
     pool_single_images: on classes that take frames as images (LLaVA, LLaVA-NeXT), a run of one image is
         left stock unless this is True.
     vision_chunk_frames: None, or encode each video this many frames at a time and pool chunk by chunk where the

@@ -22,7 +22,7 @@ def _triple(value):
 
 
 def expected_stage(stage: dict) -> dict:
-    """The normalized stage written out by hand from the README/issue rules (defaults filled, ints -> triples)."""
+    """The normalized stage written out by hand from the rules in docs/configuration.md (defaults filled, ints -> triples)."""
     kind = stage["type"]
     if kind == "progressive":
         return {

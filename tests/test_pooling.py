@@ -33,7 +33,7 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Naive references: plain Python loops over windows, written from the rules in DESIGN 3.1-3.3.
+# Naive references: plain Python loops over windows, written from the rules in docs/methods.md.
 
 
 def naive_conv3d(grid, kernel, stride):

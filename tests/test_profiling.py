@@ -70,7 +70,7 @@ def test_estimator_counts_and_kv():
     adapted = estimate_memory(config, 256, parse_config("progressive:2,8,4")[1])
     assert adapted["visual_tokens_after"] == count_tokens(256, 27, 27, AdapterConfig.preset("llava_onevision").pooling) + 1
     assert adapted["visual_tokens_after"] == 15_617
-    # DESIGN 3.7: Qwen2-7B bf16 KV = 57,344 B/token
+    # docs/memory.md#what-dominates: Qwen2-7B bf16 KV = 57,344 B/token
     assert stock["kv_bytes_per_token"] == 57_344 and stock["kv_bytes"] == 57_344 * stock["seq_len"]
     chunked = estimate_memory(config, 256, parse_config("progressive:2,8,4+chunk:16")[1])
     assert chunked["vision_peak_bytes"] < adapted["vision_peak_bytes"] < stock["prefill_peak_bytes"]

@@ -44,7 +44,7 @@ def make_logits(T, H, W, seed=1, scale=30.0):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Naive references, written from DESIGN 3.4 / 3.5.
+# Naive references, written from docs/methods.md#prompt-guided and #frame-selection.
 
 
 def naive_prompt_guided(grid, weights, kernel, stride, temperature):

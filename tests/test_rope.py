@@ -149,7 +149,7 @@ def test_factor_at_most_one_is_identity(factor):
 
 
 def _paper_literal(head_dim, base, factor, window, alpha, beta):
-    """DESIGN 3.6 written out per frequency with the math module (independent of the module under test)."""
+    """docs/methods.md#visual-yarn written out per frequency with the math module (independent of the module under test)."""
     out = []
     for i in range(head_dim // 2):
         theta = base ** (-2 * i / head_dim)

@@ -186,7 +186,7 @@ def test_pooled_mrope_ids_round_the_hf_path_centres(stages):
 
 def test_pooled_video_tokens_is_the_ops_count_plus_extra():
     stages = {"type": "progressive", "group": 4, "strides": [2, 8]}
-    assert pooled_video_tokens(32, 27, 27, stages, extra=1) == 8 * (196 + 3 * 16) + 1  # DESIGN 3.3: 244 per 4 frames
+    assert pooled_video_tokens(32, 27, 27, stages, extra=1) == 8 * (196 + 3 * 16) + 1  # docs/methods.md#progressive: 244 per 4 frames
 
 
 # --- the fixed RoPE table equals the HF path's rotary output ------------------------------------------------

@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="stock vs adapted answers of the shipped tiny TRAINED video LM on long synthetic videos",
         description="Default: the shipped tiny trained LLaVA-OneVision (trained on 4-8 frame videos) answers "
         "questions about longer synthetic videos, stock vs adapted (config shipped beside its weights); prints "
-        "answers, accuracy, visual tokens, KV cache and peak RSS. --random: the earlier demo on a tiny RANDOM model "
+        "answers, accuracy, visual tokens, KV cache and peak RSS. --random: a tiny RANDOM model instead "
         "(answers are noise; token counts, prefill time and memory are real).",
     )
     demo.add_argument("--random", action="store_true", help="use the tiny RANDOM model demo instead")

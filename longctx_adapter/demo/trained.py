@@ -23,7 +23,7 @@ from longctx_adapter.profiling.memory import lifetime_peak_rss_bytes
 from longctx_adapter.profiling.profiler import kv_cache_bytes
 
 #: the demo's third run when no --config is given: the shipped RoPE config plus the pooling that kept most accuracy
-#: on this model (progressive, group 4, strides [2, 4]: 4 tokens on 3 of every 4 frames; see README)
+#: on this model (progressive, group 4, strides [2, 4]: 4 tokens on 3 of every 4 frames; docs/tiny-model.md)
 DEMO_POOLING = {"type": "progressive", "group": 4, "strides": [2, 4], "mode": "bilinear"}
 MODEL_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", "tiny_video_lm")
 DEMO_STREAM = 2024  # item seed of the demo's questions (not the training stream)
@@ -155,7 +155,7 @@ def run_trained_demo(frames: int = 64, questions: int = 12, seed: int = 0, confi
     ])
     print(
         f"\nA {questions}-question demo is a small sample (one question is {100 / questions:.0f} points); the measured "
-        "accuracies on hundreds of held-out\nitems per length and configuration are in README (make measure-tiny). "
+        "accuracies on hundreds of held-out\nitems per length and configuration are in docs/tiny-model.md (make measure-tiny). "
         "Peak RSS is mostly the Python/torch process itself\nat this model size; the KV cache is what scales with "
         "visual tokens."
     )

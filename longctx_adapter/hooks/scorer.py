@@ -1,4 +1,5 @@
-"""The question scorer: a frozen CLIP or SigLIP model that rates every visual token against the question (DESIGN 3.4).
+"""The question scorer: a frozen CLIP or SigLIP model that rates every visual token against the question
+(docs/methods.md#prompt-guided).
 
     scorer = Scorer(clip_model, clip_tokenizer)              # or Scorer.from_pretrained("/path/to/clip")
     register_scorer("clip-l", scorer)                        # then {"scorer": "clip-l"} in a config

@@ -1,4 +1,5 @@
-"""The question guide of question-guided pooling (DESIGN 3.4, 3.5 and keyframe progressive pooling, 3.3).
+"""The question guide of question-guided pooling
+(docs/methods.md#prompt-guided and #frame-selection, keyframe progressive pooling).
 
 A `Guide` carries the question relevance of every token of the grid being pooled, as *logits*: the scorer's
 scaled cosine similarity of each token to the question (CLIP: `exp(logit_scale) * cos`, SigLIP: plus

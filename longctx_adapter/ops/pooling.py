@@ -1,4 +1,4 @@
-"""Parameter-free pooling of one video's visual tokens (DESIGN 3.1-3.5): the ops-level entry points.
+"""Parameter-free pooling of one video's visual tokens (docs/methods.md): the ops-level entry points.
 
 Every stage takes one video grid of shape (T, H, W, D): T frames of H x W tokens with D features, as they come out
 of the projector. Nothing here knows about models, so the same code serves every architecture, and the shape

@@ -1,4 +1,5 @@
-"""RoPE inverse frequencies and cos/sin for the visual context window extension (DESIGN 3.6).
+"""RoPE inverse frequencies and cos/sin for the visual context window extension
+(docs/methods.md#visual-yarn).
 
 Pure functions on torch tensors (no ``transformers`` import), one per variant, in the style of
 ``transformers.modeling_rope_utils``. Each variant that HF also ships reproduces HF 5.24's numbers
@@ -17,7 +18,7 @@ YaRN as implemented by HF versus the paper's formula
 ----------------------------------------------------
 Let ``d`` be the rotary dim, ``i = 0 .. d/2 - 1`` the frequency index, ``theta_i = base ** (-2i/d)``,
 ``lambda_i = 2 pi / theta_i``, ``r_i = L / lambda_i = L / (2 pi) * base ** (-2i/d)`` (``L`` = visual window).
-The paper (DESIGN 3.6) uses ``gamma_i = clamp((r_i - alpha) / (beta - alpha), 0, 1)`` and
+The paper (docs/methods.md#visual-yarn) uses ``gamma_i = clamp((r_i - alpha) / (beta - alpha), 0, 1)`` and
 ``theta_i' = (gamma_i + (1 - gamma_i) / s) * theta_i``. HF blends the same two frequencies
 (``theta/s * (1 - e) + theta * e`` with ``e = gamma``) but builds the ramp over the *index* ``i``:
 ``find_correction_dim(n)`` is the fractional ``i`` at which ``r_i = n``; ``low = i(r = beta)``,

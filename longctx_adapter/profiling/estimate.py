@@ -1,4 +1,4 @@
-"""Analytic memory estimate of one long-video generate() call, stage by stage (DESIGN 3.7).
+"""Analytic memory estimate of one long-video generate() call, stage by stage (docs/memory.md#what-dominates).
 
 `estimate_memory(config, frames, adapter_config)` returns the peak tensor bytes of the three stages the profiler
 measures (vision, prefill, first decode step) for batch 1, built from:

@@ -1,4 +1,4 @@
-"""Adaptive 3-D average pooling (PLLaVA, DESIGN 3.1): `F.adaptive_avg_pool3d` over (T, H, W) to a target size."""
+"""Adaptive 3-D average pooling (PLLaVA; docs/methods.md#adaptive3d): `F.adaptive_avg_pool3d` over (T, H, W) to a target size."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Window average pooling over (T, H, W) (PPLLaVA's convolution-style pooling, DESIGN 3.2): kernel and stride per
-axis, or an output size per axis solved on each grid ("arbitrary scale", `windows.solve_window`)."""
+"""Window average pooling over (T, H, W) (PPLLaVA's convolution-style pooling; docs/methods.md#conv3d):
+kernel and stride per axis, or an output size per axis solved on each grid ("arbitrary scale", `windows.solve_window`)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Progressive pooling (VCWE, DESIGN 3.3): in each group of `group` consecutive frames the first frame keeps a
+"""Progressive pooling (VCWE; docs/methods.md#progressive): in each group of `group` consecutive frames the first frame keeps a
 small stride (sharp), the others a larger one; `strides` may give one stride per position in the group.
 
 The operator is LLaVA-OneVision's own: bilinear interpolation to ceil(H/s) x ceil(W/s) (default), or ceil-mode

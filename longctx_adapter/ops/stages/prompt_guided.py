@@ -1,4 +1,4 @@
-"""Prompt-guided pooling (PPLLaVA, DESIGN 3.4): conv3d's windows, each averaged with softmax weights from the
+"""Prompt-guided pooling (PPLLaVA; docs/methods.md#prompt-guided): conv3d's windows, each averaged with softmax weights from the
 question relevance of its tokens.
 
 `w = softmax(logits)` over all T*H*W tokens of the grid it pools, then inside each window

@@ -1,4 +1,4 @@
-"""Question-aware frame selection (training-free VLAP, DESIGN 3.5): keep the best frames of each segment.
+"""Question-aware frame selection (training-free VLAP; docs/methods.md#frame-selection): keep the best frames of each segment.
 
 Frame scores are the mean or max of the question weights `w` over each frame's tokens ("mean" | "max") or the
 scorer's whole-frame embedding logit ("global"); the video is cut into `segments` equal parts
@@ -35,6 +35,8 @@ __all__ = ["SelectFrames", "segment_bounds", "select_frame_indices"]
 @register_stage
 @dataclass(frozen=True)
 class SelectFrames(Stage):
+    """Keeps the `per_segment` best-scoring frames of each of `segments` equal parts, in temporal order."""
+
     segments: int
     per_segment: int = 1
     score: str = "mean"

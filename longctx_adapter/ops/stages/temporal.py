@@ -1,4 +1,4 @@
-"""Temporal smoothing pooling (DESIGN 3.2): average frames with a window `kernel` and a step `stride`."""
+"""Temporal smoothing pooling (docs/methods.md#temporal): average frames with a window `kernel` and a step `stride`."""
 
 from __future__ import annotations
 
