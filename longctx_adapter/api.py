@@ -73,7 +73,8 @@ def _check_model(model, family) -> None:
         if _has_path(model, dotted):
             continue
         inner = dotted.split(".", 1)[1] if "." in dotted else None
-        if inner is not None and _has_path(model, inner):  # it holds what the top model's `.model` holds
+        generates = callable(getattr(model, "can_generate", None)) and model.can_generate()
+        if inner is not None and not generates and _has_path(model, inner):  # what the top model's `.model` holds
             raise AdapterError(
                 f"apply_adapter got {type(model).__name__}, the inner model of a {family.model_types[0]} "
                 "checkpoint; pass the whole model that has generate() (e.g. apply_adapter(model), not "

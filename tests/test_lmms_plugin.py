@@ -6,6 +6,7 @@ End to end through lmms-eval itself: tests/test_eval_lmms.py (`make test-lmms`).
 from __future__ import annotations
 
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ import pytest
 import torch
 from longctx_adapter.eval import runner
 from longctx_adapter.eval.synthetic_qa import answer_words, make_item
-from longctx_adapter.eval.video import load_video, write_video
+from longctx_adapter.eval.video import FrameCountWarning, load_video, write_video
 
 from longctx_adapter import AdapterConfig, AdapterError
 from longctx_adapter.config_text import ADAPTER_CONFIG_NAME
@@ -269,7 +270,8 @@ def test_lmms_sampling_rule_by_hand():
     assert lmms_sample_indices(10, 6).tolist() == [0, 1, 3, 5, 7, 9]  # linspace 0, 1.8, 3.6, ... truncated
     assert sample_indices(10, 6).tolist() == [0, 2, 4, 5, 7, 9]  # the package's own rule rounds
     assert lmms_sample_indices(5, 8).tolist() == [0, 1, 2, 3, 4]  # a short video: every frame once
-    assert sample_indices(5, 8).shape == (8,)
+    with pytest.warns(FrameCountWarning, match="asked for 8 frames but the video has 5"):
+        assert sample_indices(5, 8).tolist() == [0, 1, 2, 3, 4]  # the package's rule too, with a warning
     # fps: at most int(100 frames / 10 fps * 0.5) = 5 frames, then the same spread
     assert lmms_sample_indices(100, 32, fps=0.5, source_fps=10).tolist() == [0, 24, 49, 74, 99]
     assert lmms_sample_indices(100, 3, fps=0.5, source_fps=10).tolist() == [0, 49, 99]
@@ -285,10 +287,16 @@ def test_load_video_lmms_mode_leaves_the_default_rule_alone(tmp_path):
     from longctx_adapter.testing.tiny import synthetic_video
 
     video = write_video(tmp_path / "five.mp4", synthetic_video(5, 32, 32, seed=3), fps=4)
-    lmms = load_video(video, 8, sampling="lmms")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # lmms-eval's rule caps without a word, as lmms-eval does
+        lmms = load_video(video, 8, sampling="lmms")
     assert lmms.indices.tolist() == [0, 1, 2, 3, 4]
     assert np.array_equal(lmms.frames, load_video(video, 5).frames)
-    assert load_video(video, 8).indices.shape == (8,)  # the default rule is unchanged
+    with pytest.warns(FrameCountWarning):
+        assert load_video(video, 8).indices.tolist() == [0, 1, 2, 3, 4]  # the default rule caps with a warning
+    ten = write_video(tmp_path / "ten.mp4", synthetic_video(10, 32, 32, seed=3), fps=4)
+    assert load_video(ten, 6, sampling="lmms").indices.tolist() == [0, 1, 3, 5, 7, 9]  # truncated
+    assert load_video(ten, 6).indices.tolist() == [0, 2, 4, 5, 7, 9]  # the default rule (rounded) is unchanged
     for kwargs, message in (({"sampling": "nearest"}, "unknown sampling 'nearest'"),
                             ({"sampling": "lmms", "max_frames": 4}, "takes num_frames"),
                             ({"force_include_last_frame": True}, "part of sampling='lmms'")):
@@ -299,9 +307,9 @@ def test_load_video_lmms_mode_leaves_the_default_rule_alone(tmp_path):
 def test_plugin_samples_by_lmms_evals_rule_unless_asked(plugin, tmp_path):
     from longctx_adapter.testing.tiny import synthetic_video
 
-    video = write_video(tmp_path / "five.mp4", synthetic_video(5, 28, 28, seed=3), fps=4)
-    for sampling, indices in ((None, [0, 1, 2, 3, 4]), ("round", [0, 1, 1, 2, 2, 3, 3, 4])):
+    video = write_video(tmp_path / "ten.mp4", synthetic_video(10, 28, 28, seed=3), fps=4)
+    for sampling, indices in ((None, [0, 1, 3, 5, 7, 9]), ("round", [0, 2, 4, 5, 7, 9])):
         extra = {} if sampling is None else {"frame_sampling": sampling}
-        model = plugin.LongctxAdapter(pretrained=TRAINED, device="cpu", adapter="none", max_frames_num=8, **extra)
+        model = plugin.LongctxAdapter(pretrained=TRAINED, device="cpu", adapter="none", max_frames_num=6, **extra)
         model._inputs("what color is the square ?", [video])
         assert model.last_clip.indices.tolist() == indices
