@@ -14,7 +14,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
@@ -89,3 +90,9 @@ def rope_cache(inv_freq: torch.Tensor, scaling: float, positions: int, dtype: to
     """
     angles = torch.arange(positions, dtype=torch.float32)[:, None] * inv_freq.to(torch.float32)[None, :]
     return torch.cat((angles.cos() * scaling, angles.sin() * scaling), dim=-1).to(dtype)
+
+
+def with_pooled_video_runs(updates: Sequence, pooled_run: Callable[[int], list[int]]) -> list:
+    """vLLM's prompt updates with every video's placeholder run replaced by `pooled_run(item_idx)` (its pooled
+    length); image and other updates stay as vLLM made them."""
+    return [dataclasses.replace(u, replacement=pooled_run) if u.modality == "video" else u for u in updates]

@@ -11,7 +11,6 @@ Weights: also the transformers 5.x CLIP names stock vLLM 0.32 does not read (wei
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 
@@ -27,7 +26,7 @@ from vllm.multimodal.parse import VideoProcessorItems
 
 from longctx_adapter.errors import AdapterError
 from longctx_adapter.ops.pooling import pool_video
-from longctx_adapter.vllm_plugin.layout import pooled_video_tokens
+from longctx_adapter.vllm_plugin.layout import pooled_video_tokens, with_pooled_video_runs
 from longctx_adapter.vllm_plugin.rotary import install_fixed_rope
 from longctx_adapter.vllm_plugin.settings import adapter_for, log_not_applied
 from longctx_adapter.vllm_plugin.weights import with_vision_model_level
@@ -59,10 +58,7 @@ class AdaptedNextVideoProcessor(LlavaNextVideoMultiModalProcessor):
             side = _frame_side(self.info._get_num_frame_tokens(image_width=size.width, image_height=size.height))
             return [token] * pooled_video_tokens(videos.get_num_frames(item_idx), side, side, adapter.pooling)
 
-        return [
-            dataclasses.replace(update, replacement=pooled_run) if update.modality == "video" else update
-            for update in updates
-        ]
+        return with_pooled_video_runs(updates, pooled_run)
 
 
 @MULTIMODAL_REGISTRY.register_processor(

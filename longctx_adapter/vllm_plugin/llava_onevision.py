@@ -9,7 +9,6 @@ transformers 5.x SigLIP names stock vLLM 0.32 does not read (weights.py).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 
 import torch
@@ -23,7 +22,7 @@ from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.multimodal.parse import VideoProcessorItems
 
 from longctx_adapter.ops.pooling import pool_video
-from longctx_adapter.vllm_plugin.layout import pooled_video_tokens
+from longctx_adapter.vllm_plugin.layout import pooled_video_tokens, with_pooled_video_runs
 from longctx_adapter.vllm_plugin.rotary import install_fixed_rope
 from longctx_adapter.vllm_plugin.settings import adapter_for, log_not_applied
 from longctx_adapter.vllm_plugin.weights import with_vision_model_level
@@ -51,10 +50,7 @@ class AdaptedOnevisionProcessor(LlavaOnevisionMultiModalProcessor):
             frames = videos.get_num_frames(item_idx)
             return [token] * pooled_video_tokens(frames, side, side, adapter.pooling, extra=1)
 
-        return [
-            dataclasses.replace(update, replacement=pooled_run) if update.modality == "video" else update
-            for update in updates
-        ]
+        return with_pooled_video_runs(updates, pooled_run)
 
 
 @MULTIMODAL_REGISTRY.register_processor(

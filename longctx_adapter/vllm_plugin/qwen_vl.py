@@ -34,7 +34,7 @@ from vllm.multimodal import MULTIMODAL_REGISTRY
 
 from longctx_adapter.errors import AdapterError
 from longctx_adapter.ops.pooling import pool_video
-from longctx_adapter.vllm_plugin.layout import pooled_mrope_ids, pooled_video_tokens
+from longctx_adapter.vllm_plugin.layout import pooled_mrope_ids, pooled_video_tokens, with_pooled_video_runs
 from longctx_adapter.vllm_plugin.rotary import install_fixed_rope
 from longctx_adapter.vllm_plugin.settings import adapter_for, log_not_applied
 
@@ -61,10 +61,7 @@ class _PooledVideoRuns:
             t, h, w = (int(n) for n in out_mm_kwargs["video"][item_idx]["video_grid_thw"].data.tolist())
             return [token] * pooled_video_tokens(t, h // merge, w // merge, stages)
 
-        return [
-            dataclasses.replace(update, replacement=pooled_run) if update.modality == "video" else update
-            for update in updates
-        ]
+        return with_pooled_video_runs(updates, pooled_run)
 
 
 class _PooledQwen:
