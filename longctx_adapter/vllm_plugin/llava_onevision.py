@@ -22,9 +22,9 @@ from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.multimodal.parse import VideoProcessorItems
 
 from longctx_adapter.ops.pooling import pool_video
+from longctx_adapter.vllm_plugin.attach import attach_adapter
 from longctx_adapter.vllm_plugin.layout import pooled_video_tokens, with_pooled_video_runs
-from longctx_adapter.vllm_plugin.rotary import install_fixed_rope
-from longctx_adapter.vllm_plugin.settings import adapter_for, log_not_applied
+from longctx_adapter.vllm_plugin.settings import adapter_for
 from longctx_adapter.vllm_plugin.weights import with_vision_model_level
 
 _LOG = logging.getLogger(__name__)
@@ -61,10 +61,7 @@ class AdaptedLlavaOnevision(LlavaOnevisionForConditionalGeneration):
 
     def __init__(self, *, vllm_config, prefix: str = "") -> None:
         super().__init__(vllm_config=vllm_config, prefix=prefix)
-        self.longctx_adapter = adapter_for(vllm_config.model_config)
-        log_not_applied(self.longctx_adapter, _LOG)
-        if self.longctx_adapter is not None and self.longctx_adapter.rope is not None:
-            install_fixed_rope(self.language_model, self.longctx_adapter.rope, self.config.text_config)
+        attach_adapter(self, vllm_config, _LOG)
 
     def _process_video_pixels(self, inputs):
         adapter = self.longctx_adapter

@@ -34,9 +34,9 @@ from vllm.multimodal import MULTIMODAL_REGISTRY
 
 from longctx_adapter.errors import AdapterError
 from longctx_adapter.ops.pooling import pool_video
+from longctx_adapter.vllm_plugin.attach import attach_adapter
 from longctx_adapter.vllm_plugin.layout import pooled_mrope_ids, pooled_video_tokens, with_pooled_video_runs
-from longctx_adapter.vllm_plugin.rotary import install_fixed_rope
-from longctx_adapter.vllm_plugin.settings import adapter_for, log_not_applied
+from longctx_adapter.vllm_plugin.settings import adapter_for
 
 _LOG = logging.getLogger(__name__)
 
@@ -68,18 +68,14 @@ class _PooledQwen:
     """Model mixin: pooled video features, integer M-RoPE ids for pooled runs, the fixed visual-window RoPE."""
 
     def _adapter_init(self, vllm_config) -> None:
-        self.longctx_adapter = adapter_for(vllm_config.model_config)
-        log_not_applied(self.longctx_adapter, _LOG)
-        adapter = self.longctx_adapter
-        if adapter is None:
-            return
-        if adapter.pooling and getattr(vllm_config.model_config.get_multimodal_config(), "video_pruning_rate", None):
-            raise AdapterError(
-                f"{adapter.source}: video_pruning_rate (EVS) and the adapter's pooling both shrink video tokens; "
-                "serve one of them (drop --video-pruning-rate, or set pooling to null)"
-            )
-        if adapter.rope is not None:
-            install_fixed_rope(self.language_model, adapter.rope, self.config.text_config)
+        def refuse_evs(adapter) -> None:
+            if adapter.pooling and getattr(vllm_config.model_config.get_multimodal_config(), "video_pruning_rate", None):
+                raise AdapterError(
+                    f"{adapter.source}: video_pruning_rate (EVS) and the adapter's pooling both shrink video tokens; "
+                    "serve one of them (drop --video-pruning-rate, or set pooling to null)"
+                )
+
+        attach_adapter(self, vllm_config, _LOG, check=refuse_evs)
 
     @property
     def _stages(self) -> tuple:
