@@ -32,15 +32,14 @@ from longctx_adapter.errors import AdapterError
 from longctx_adapter.ops.stages.base import Flow, FrameSizes, GridShape, Stage, register_stage
 from longctx_adapter.ops.stages.merging import (
     MergeDecision,
-    apply_decision,
     blocks,
     budget_from_dict,
     budget_text,
     compute_dtype,
     cosine,
     describe_grid,
-    grid_input,
     input_shape,
+    merge_flow,
     parse_budget_parts,
     positions_from,
     rows_bound,
@@ -148,14 +147,10 @@ class MergeTemporal(Stage):
 
     # --- the op ------------------------------------------------------------------------------------------------------
     def apply(self, flow: Flow) -> Flow:
-        grid = grid_input(flow, self.type)
-        decision = flow.replayed
-        if decision is None:  # the decision carries no gradient; the means below do
-            shape = GridShape(*(int(n) for n in grid.shape[:3]))
-            with torch.no_grad():
-                (decision,) = temporal_merge_decisions(grid[None], self.threshold, self.target(shape))
-        frames = apply_decision(grid, decision, gather=self.gather)
-        return flow.replace(grid=None, frames=frames, guide=None, decision=decision, ragged=True)
+        def decide(grids, shape):
+            return temporal_merge_decisions(grids, self.threshold, self.target(shape))
+
+        return merge_flow(flow, self.type, decide, gather=self.gather)
 
     def for_coordinates(self) -> MergeTemporal:
         if self.positions == "mean":

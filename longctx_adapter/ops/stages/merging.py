@@ -261,3 +261,18 @@ def apply_decision(grid: torch.Tensor, decision: MergeDecision, gather: bool = F
     else:
         out = cluster_means(x, decision.assign, decision.num_tokens)
     return tuple(part[None] for part in out.split(decision.frame_counts))
+
+
+def merge_flow(flow: Flow, kind: str, decide, gather: bool = False) -> Flow:
+    """One merge stage's step: decide on the grid (or replay the traced decision), then merge.
+
+    decide: (grid (1, T, H, W, D), shape) -> the batch's decisions; run without gradient, since a decision carries
+    none (the means it leads to do)."""
+    grid = grid_input(flow, kind)
+    decision = flow.replayed
+    if decision is None:
+        shape = GridShape(*(int(n) for n in grid.shape[:3]))
+        with torch.no_grad():
+            (decision,) = decide(grid[None], shape)
+    frames = apply_decision(grid, decision, gather=gather)
+    return flow.replace(grid=None, frames=frames, guide=None, decision=decision, ragged=True)

@@ -37,15 +37,14 @@ from longctx_adapter.errors import AdapterError
 from longctx_adapter.ops.stages.base import Flow, FrameSizes, GridShape, Stage, positive_int, register_stage
 from longctx_adapter.ops.stages.merging import (
     MergeDecision,
-    apply_decision,
     blocks,
     budget_from_dict,
     budget_text,
     compute_dtype,
     cosine,
     finite_number,
-    grid_input,
     input_shape,
+    merge_flow,
     parse_budget_parts,
     positions_from,
     rows_bound,
@@ -144,16 +143,12 @@ class SegmentDensity(Stage):
 
     # --- the op ------------------------------------------------------------------------------------------------------
     def apply(self, flow: Flow) -> Flow:
-        grid = grid_input(flow, self.type)
-        decision = flow.replayed
-        if decision is None:  # the decision carries no gradient; the means below do
-            shape = GridShape(*(int(n) for n in grid.shape[:3]))
-            with torch.no_grad():
-                (decision,) = density_merge_decisions(
-                    grid[None], self.target(shape), self.segments, self.cut_similarity, self.anchor_step, self.neighbors
-                )
-        frames = apply_decision(grid, decision, gather=self.gather)
-        return flow.replace(grid=None, frames=frames, guide=None, decision=decision, ragged=True)
+        def decide(grids, shape):
+            return density_merge_decisions(
+                grids, self.target(shape), self.segments, self.cut_similarity, self.anchor_step, self.neighbors
+            )
+
+        return merge_flow(flow, self.type, decide, gather=self.gather)
 
     def for_coordinates(self) -> SegmentDensity:
         if self.positions == "mean":
