@@ -5,7 +5,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test docs mutate test-compat test-lmms test-vllm bench-vllm bench lint clean train-tiny measure-tiny train-tiny-vcwe measure-tiny-vcwe measure-merging
+.PHONY: venv demo test docs mutate test-compat test-lmms test-vllm bench-vllm bench lint clean train-tiny measure-tiny train-tiny-vcwe measure-tiny-vcwe measure-merging measure-kv gpu-check
 
 # test-compat: the suite against the OLDEST supported transformers (the floor of pyproject's range) in a second venv.
 COMPAT_VENV ?= .venv-compat
@@ -77,6 +77,12 @@ measure-tiny-vcwe: $(STAMP)
 # Writes docs/token_merging_evidence.{json,md}.
 measure-merging: $(STAMP)
 	$(PY) -m longctx_adapter.eval.measure_merging
+
+# measure-kv: accuracy of the shipped tiny model at 1x and 8x with a full-precision (fp32, bf16) vs 4-bit vs 2-bit
+# hqq-quantized KV cache, same items in every row, paired McNemar tests (not part of make test; ~20 min on 2 shared
+# cores). Writes docs/kv_accuracy.{json,md}.
+measure-kv: $(STAMP)
+	$(PY) -m longctx_adapter.eval.measure_kv
 
 # test-lmms: the lmms-eval plugin with the real lmms-eval (its unit tests, then end to end through lmms-eval's command
 # line) in its own venv, lmms-eval being heavy.
