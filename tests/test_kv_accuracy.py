@@ -8,7 +8,6 @@ import json
 
 import pytest
 import torch
-
 from longctx_adapter.eval import measure_kv as mk
 from longctx_adapter.eval.stats import wilson_interval
 from longctx_adapter.eval.synthetic_qa import TASKS, batch_inputs, make_item
