@@ -84,6 +84,13 @@ measure-merging: $(STAMP)
 measure-kv: $(STAMP)
 	$(PY) -m longctx_adapter.eval.measure_kv
 
+# gpu-check: on one CUDA GPU, under 8 minutes: the flash-attention and offloaded-KV-cache tests, and measured vs
+# estimated peak memory of full-size random-init LLaVA-OneVision-7B at 64/256/1024 frames (stock, preset, plan for
+# 24 GB). Writes out/gpu_check/report.{md,json}. Stops with one line without CUDA; CI never runs it.
+# `$(PY) benchmarks/gpu_check.py --dry-run` lists the checks on any machine.
+gpu-check: $(STAMP)
+	$(PY) benchmarks/gpu_check.py
+
 # test-lmms: the lmms-eval plugin with the real lmms-eval (its unit tests, then end to end through lmms-eval's command
 # line) in its own venv, lmms-eval being heavy.
 EVAL_VENV ?= .venv-eval
