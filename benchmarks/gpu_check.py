@@ -199,7 +199,7 @@ def report(results: list[dict], seconds: float, environment: dict) -> str:
         row, measured = r["row"], r.get("measured") or {}
         peak, est = measured.get("peak_bytes"), row["estimated_peak_bytes"]
         ratio = f"{peak / est:.2f}" if peak else ""
-        tokens = measured.get("visual_tokens_after", row["estimated_visual_tokens"])
+        tokens = measured.get("visual_tokens_after") or row["estimated_visual_tokens"]
         lines.append(f"| {row['frames']} | {row['run']} | {row['prefill_chunk_size'] or ''} | {row['kv_bits'] or ''} | "
                      f"{tokens:,} | {_gib(peak)} | {_gib(est)} | {ratio} | "
                      f"{_gib(measured.get('reserved_peak_bytes'))} | {r['status']} |")  # fmt: skip
