@@ -25,8 +25,9 @@ then text starting at 8 words and growing to 664, with EOS at weight 0.1, finds 
 ~200 steps; counting is learned last and needs the long low-learning-rate tail.
 
 Writes one HF folder per seed (``<out>/seed<N>``) with ``train_summary.json``.
-``--ship`` also copies seed 0 into ``longctx_adapter/models/tiny_video_lm_vcwe`` (not yet listed in the package data:
-no model is shipped there until a seed trained with this code passes the sanity bars of docs/evidence.md).
+``--ship`` also copies seed 0 into ``longctx_adapter/models/tiny_video_lm_vcwe`` (package data: the shipped
+visual-window model; ``make measure-tiny-vcwe`` with ``--write-preset`` then writes the configuration chosen on
+validation beside it).
 """
 
 from __future__ import annotations
