@@ -67,7 +67,7 @@ train-tiny-vcwe: $(STAMP)
 
 # measure-tiny-vcwe: sanity cells and rows (a)-(g) at 1x-8x for every seed in out/tiny_vcwe (150 test items per task
 # and cell, 50 validation items), paired statistics, the verdict and the default chosen on validation (not part of
-# make test; ~30 min per seed on a busy 2-core machine). Writes docs/evidence.json, docs/evidence_results.md and
+# make test; ~20-25 min per seed, three seeds side by side on 2 shared cores). Writes docs/evidence.json, docs/evidence_results.md and
 # docs/evidence_*.png; raw outcomes go to out/evidence/seed<N>.json.
 measure-tiny-vcwe: $(STAMP)
 	$(PY) -m longctx_adapter.eval.measure_tiny_vcwe --seeds $(VCWE_SEEDS) --validation-items 50

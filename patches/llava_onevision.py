@@ -20,7 +20,7 @@ from longctx_adapter.shadow import shadowed
 # Visual window: 32 frames x 196 tokens = 6,272 (derived from the paper's Fig. 2 ramp boundaries).
 PRESET = {
     "pooling": {"type": "progressive", "group": 4, "strides": [2, 8], "mode": "bilinear"},
-    "rope": {"type": "yarn", "visual_window": 6272, "scope": "all"},
+    "rope": {"type": "yarn", "visual_window": 6272, "scope": "all", "attention_factor": "yarn"},
 }
 NEWLINES = 1  # image_newline tokens after each video
 
