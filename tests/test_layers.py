@@ -25,7 +25,7 @@ LAYERS = [
     # the vLLM plugin: runs beside vLLM's pinned transformers (< 5.20), so never above ops/config/errors
     ("serving", ["longctx_adapter.vllm_plugin"]),
     ("hooks", ["longctx_adapter.hooks", "longctx_adapter.saving"]),
-    ("api", ["longctx_adapter.api", "longctx_adapter.__init__"]),
+    ("api", ["longctx_adapter.api", "longctx_adapter.streaming", "longctx_adapter.__init__"]),
     ("testing", ["longctx_adapter.testing"]),
     ("tools", ["longctx_adapter.profiling", "longctx_adapter.eval", "longctx_adapter.demo"]),
     ("cli", ["longctx_adapter.cli"]),

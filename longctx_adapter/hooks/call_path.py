@@ -20,6 +20,7 @@ import torch
 
 from longctx_adapter.errors import AdapterError
 from longctx_adapter.hooks.chunking import encode_segments, pool_segment, pool_side_grids
+from longctx_adapter.hooks.streaming import check_encoded
 from longctx_adapter.ops.positions import frame_sources
 from longctx_adapter.ops.tokens import Rewritten, find_runs, merged_frame_blocks, resize_runs, to_caller_layout
 
@@ -87,15 +88,18 @@ def bind_call(signature: inspect.Signature, args: tuple, kwargs: dict) -> dict:
     return call
 
 
-def prepare(handle, call: dict, question=None) -> Prepared | None:
+def prepare(handle, call: dict, question=None, encoded=None) -> Prepared | None:
     """Pool this call's visual input, or return None when there is nothing to do (stock path).
 
     question: the caller's `question=` (question-guided stages; see longctx_adapter/hooks/question.py).
+    encoded: the caller's `encoded_video=` (a video encoded and pooled ahead; see hooks/streaming.py).
     """
     family, config, model = handle.family, handle.config, handle.model
-    if not config.pooling:
+    if encoded is not None:
+        call = check_encoded(handle, encoded, call)
+    elif not config.pooling:
         return None
-    if not any(call.get(key) is not None for key in family.pixel_keys):
+    elif not any(call.get(key) is not None for key in family.pixel_keys):
         return None
     input_ids = call.get("input_ids")
     if input_ids is None:
@@ -119,8 +123,11 @@ def prepare(handle, call: dict, question=None) -> Prepared | None:
     accepted = inspect.signature(encoder).parameters
     encoder_kwargs = {k: call[k] for k in accepted if k in call and k != "kwargs"}
     guidance = handle.guidance
-    with guidance.capture(model) if guidance is not None else contextlib.nullcontext() as captured:
-        segments, template = encode_segments(family, model, encoder_kwargs, [r.length for r in runs], config)
+    if encoded is not None:  # pooled ahead, frame-local stages only: no question guidance to capture
+        segments, template, guidance = [encoded.segment], encoded.fresh_template(), None
+    else:
+        with guidance.capture(model) if guidance is not None else contextlib.nullcontext() as captured:
+            segments, template = encode_segments(family, model, encoder_kwargs, [r.length for r in runs], config)
     segment_runs = _runs_per_segment(family, runs, segments)
     guides, questions = [None] * len(segments), None
     if guidance is not None:
@@ -290,9 +297,9 @@ def _remember_cache(handle, plan, output):
     return output
 
 
-def _plan_call(handle, call, question=None):
+def _plan_call(handle, call, question=None, encoded=None):
     """Pool and plan one call, and record what the adapter does on it (only calls with visual input count)."""
-    prepared = prepare(handle, call, question)
+    prepared = prepare(handle, call, question, encoded)
     plan = _rope_plan(handle, prepared, call)
     if prepared is not None:
         handle.record(prepared.stats, prepared.rewritten.attention_mask)
@@ -307,11 +314,12 @@ def wrap_forward(handle, original):
 
     @functools.wraps(original)
     def forward(*args, **kwargs):
-        question = kwargs.pop("question", None)  # the adapter's own keyword: never reaches the stock model
+        question = kwargs.pop("question", None)  # the adapter's own keywords: never reach the stock model
+        encoded = kwargs.pop("encoded_video", None)
         if handle.inside_call:  # an adapted generate() already pooled and planned this sequence
             return original(*args, **kwargs)
         call = bind_call(signature, args, kwargs)
-        prepared, plan = _plan_call(handle, call, question)
+        prepared, plan = _plan_call(handle, call, question, encoded)
         if prepared is None and plan is None:
             return original(*args, **kwargs)
         with _call_scope(handle, prepared, plan):
@@ -350,14 +358,20 @@ def wrap_generate(handle, original):
 
     @functools.wraps(original)
     def generate(*args, **kwargs):
-        question = kwargs.pop("question", None)  # the adapter's own keyword: never reaches the stock model
+        question = kwargs.pop("question", None)  # the adapter's own keywords: never reach the stock model
+        encoded = kwargs.pop("encoded_video", None)
         call = bind_call(signature, args, kwargs)
         if call.get("inputs") is not None and call.get("input_ids") is None:
             call["input_ids"] = call.pop("inputs")
         continued = _continuation(handle, call)
         if continued is not None:
+            if encoded is not None:
+                raise AdapterError(
+                    "this cache comes from an adapted call; continuing it with a new encoded video is not supported. "
+                    "Start a new generate() without the cache"
+                )
             return _continue_generation(handle, original, call, continued)
-        prepared, plan = _plan_call(handle, call, question)
+        prepared, plan = _plan_call(handle, call, question, encoded)
         with _call_scope(handle, prepared, plan):  # the forwards inside generate() pass straight through
             if prepared is None:
                 return original(*args, **kwargs)

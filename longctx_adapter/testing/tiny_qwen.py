@@ -202,3 +202,27 @@ def qwen_hand_inputs(
     if model_type == "qwen2_5_vl":
         out["second_per_grid_ts"] = torch.full((batch,), float(seconds_per_grid))
     return out
+
+
+def qwen_tiny_processor(model_type: str):
+    """The real HF Qwen2-VL / Qwen2.5-VL processor on the tiny tokenizer, sized for the tiny models: a frame of
+    `PATCH * PATCH_GRID` pixels per side (smaller or larger frames are resized to it) gives the (8, 8) patch grid
+    of :func:`qwen_hand_inputs`. The tiny tokenizer's `<video>` is the video placeholder; a prompt needs no
+    vision markers around it (Qwen-VL's positions follow `mm_token_type_ids`)."""
+    from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor
+
+    from longctx_adapter.testing.tiny import CHAT_TEMPLATE, IMAGE_TOKEN, VIDEO_TOKEN, tiny_tokenizer
+
+    classes = {"qwen2_vl": Qwen2VLProcessor, "qwen2_5_vl": Qwen2_5_VLProcessor}
+    if model_type not in classes:
+        raise ValueError(f"no tiny Qwen processor for {model_type!r}; known: {sorted(classes)}")
+    tok = tiny_tokenizer()
+    tok.image_token, tok.video_token = IMAGE_TOKEN, VIDEO_TOKEN
+    pixels = (PATCH * PATCH_GRID) ** 2
+    sizes = dict(patch_size=PATCH, temporal_patch_size=TEMPORAL_PATCH, merge_size=MERGE)
+    return classes[model_type](
+        image_processor=Qwen2VLImageProcessor(**sizes, min_pixels=pixels, max_pixels=pixels),
+        tokenizer=tok,
+        video_processor=Qwen2VLVideoProcessor(**sizes, min_pixels=pixels, max_pixels=pixels, cap_pixels_per_frame=False),
+        chat_template=CHAT_TEMPLATE,
+    )

@@ -1,0 +1,224 @@
+"""Streaming video ingestion: decode, preprocess, encode and pool a video a chunk of frames at a time.
+
+    handle = apply_adapter(model, config)                  # frame-local pooling stages
+    video = encode_video(model, frames, processor=processor, chunk_frames=16)
+    output = model.generate(**video.inputs(prompt), max_new_tokens=32)
+
+`frames` is an iterable of frames or of chunks of frames (numpy arrays or tensors, (H, W, 3) or (T, H, W, 3)),
+one (T, H, W, 3) array, or a video file path (decoded with PyAV a chunk at a time, `num_frames` sampled uniformly).
+Each chunk goes through the processor's video processor, the family's stock encoder and the adapter's pooling,
+and only pooled tokens are kept, so the pixels of the whole video never exist: ingestion memory is one chunk's
+pixels and encoder activations plus the pooled features. The result equals the one-shot path (pixels to
+`generate` with the same pooling and `vision_chunk_frames`) within the chunked-encoding guarantee
+(longctx_adapter/hooks/chunking.py). The model side is longctx_adapter/hooks/streaming.py.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+import torch
+
+from longctx_adapter.errors import AdapterError
+from longctx_adapter.hooks.handle import handle_of
+from longctx_adapter.hooks.streaming import EncodedVideo, StreamEncoder, stream_plan
+
+__all__ = ["EncodedVideo", "FrameStream", "encode_video"]
+
+
+def encode_video(
+    model,
+    frames,
+    processor=None,
+    *,
+    chunk_frames: int | None = None,
+    num_frames: int | None = None,
+    fps: float | None = None,
+    timestamps=None,
+) -> EncodedVideo:
+    """Encode and pool one video chunk by chunk for an adapted model; see the module docstring.
+
+    chunk_frames: input frames per chunk (default: the adapter's vision_chunk_frames); the pooling stages must be
+    frame-local at that size. num_frames: for a file path, frames sampled uniformly (default every frame).
+    fps / timestamps: the sampled frames' rate or times in seconds (Qwen-VL's temporal ids need them; a file
+    gives them itself).
+    """
+    handle = handle_of(model)
+    if handle is None:
+        raise AdapterError("encode_video needs an adapted model: call apply_adapter(model, config) first")
+    plan = stream_plan(handle, chunk_frames)
+    if processor is None:
+        raise AdapterError("encode_video needs the model's processor (AutoProcessor.from_pretrained(checkpoint))")
+    if isinstance(frames, (str, os.PathLike)):
+        frames = FrameStream(frames, plan.chunk_frames, num_frames=num_frames)
+    elif num_frames is not None:
+        raise AdapterError("num_frames samples a video file; for frames in memory pass the frames you want")
+    if isinstance(frames, FrameStream):
+        timestamps = frames.timestamps if timestamps is None else timestamps
+        fps = frames.sampled_fps if fps is None else fps
+    family = handle.family
+    video_processor = getattr(processor, "video_processor", None)
+    if video_processor is None:
+        raise AdapterError(f"{type(processor).__name__} has no video_processor; pass the model's own processor")
+    _check_processor(video_processor)
+
+    def processor_kwargs(count: int) -> dict:
+        if family.processor_kwargs is None:
+            return {}
+        return family.processor_kwargs(count, None, fps if fps is not None else _rate(timestamps))
+
+    encoder = StreamEncoder(handle, plan)
+    device, dtype = _pixel_target(model)
+    first = None
+    for chunk in _chunks(frames, plan):
+        if first is None:
+            first = _copy(chunk[: plan.step])  # the prompt's layout comes from one temporal patch of frames
+        out = video_processor(videos=[chunk], return_tensors="pt", **processor_kwargs(len(chunk)))
+        kwargs = {k: out[k] for k in ("pixel_values_videos", "video_grid_thw") if k in out}
+        kwargs["pixel_values_videos"] = kwargs["pixel_values_videos"].to(device=device, dtype=dtype)
+        if "video_grid_thw" in kwargs:
+            kwargs["video_grid_thw"] = kwargs["video_grid_thw"].to(device)
+        encoder.add(kwargs, len(chunk))
+        out = kwargs = chunk = None  # this chunk's pixels: freed before the next chunk is decoded
+    return encoder.finish(prompt_frames=first, processor=processor, processor_kwargs=processor_kwargs(plan.step))
+
+
+def _rate(timestamps) -> float | None:
+    if timestamps is None or len(timestamps) < 2:
+        return None
+    span = float(timestamps[-1] - timestamps[0])
+    return (len(timestamps) - 1) / span if span > 0 else None
+
+
+def _check_processor(video_processor) -> None:
+    """Refuse preprocessing whose per-frame result depends on the whole video's frame count."""
+    if getattr(video_processor, "cap_pixels_per_frame", None):
+        raise AdapterError(
+            "the video processor caps each frame's pixels by a budget shared by the whole video "
+            "(cap_pixels_per_frame=True), which a chunk cannot know; set video_processor.cap_pixels_per_frame = False "
+            "(bound frames with min_pixels/max_pixels instead) or pass pixels to generate"
+        )
+
+
+def _pixel_target(model) -> tuple:
+    parameter = next(model.parameters())
+    return parameter.device, parameter.dtype
+
+
+def _copy(frames):
+    return frames.clone() if isinstance(frames, torch.Tensor) else np.array(frames, copy=True)
+
+
+def _as_frames(item) -> list:
+    """One item of the caller's iterable as a list of (H, W, C) / (C, H, W) frames (a chunk is split, not copied)."""
+    if not isinstance(item, (np.ndarray, torch.Tensor)):
+        item = np.asarray(item)
+    if item.ndim == 3:
+        return [item]
+    if item.ndim == 4:
+        return list(item)
+    raise AdapterError(f"frames must be (H, W, 3) frames or (T, H, W, 3) chunks, got shape {tuple(item.shape)}")
+
+
+def _stack(frames: list):
+    return torch.stack(frames) if isinstance(frames[0], torch.Tensor) else np.stack(frames)
+
+
+def _chunks(frames, plan) -> Iterator:
+    """Chunks of exactly `chunk_frames` frames, however the caller's iterable is cut; a last chunk that the stages'
+    temporal reduction does not divide joins the one before (the rule of chunked encoding), so one full chunk is
+    held back until the next frames arrive."""
+    if isinstance(frames, (np.ndarray, torch.Tensor)):
+        if frames.ndim != 4:
+            raise AdapterError(f"a video array must be (T, H, W, 3), got shape {tuple(frames.shape)}")
+        frames = (frames[i : i + plan.chunk_frames] for i in range(0, frames.shape[0], plan.chunk_frames))
+    elif not isinstance(frames, Iterable):
+        raise AdapterError(f"frames must be an iterable of frames or chunks, an array or a file path, not {type(frames)}")
+    buffer: list = []
+    pending = None
+    for item in frames:
+        buffer.extend(_as_frames(item))
+        while len(buffer) >= plan.chunk_frames:
+            if pending is not None:
+                yield pending
+            pending, buffer = _stack(buffer[: plan.chunk_frames]), buffer[plan.chunk_frames :]
+    if buffer:
+        grid_frames = -(-len(buffer) // plan.step)
+        if pending is not None and grid_frames % plan.reduction:
+            pending, buffer = _stack([*list(pending), *buffer]), []
+    if pending is not None:
+        yield pending
+    if buffer:
+        yield _stack(buffer)
+
+
+class FrameStream:
+    """A video file decoded with PyAV one chunk of frames at a time (the frames never all exist at once).
+
+    Pass 1 lists the frames from packet timestamps (demux only); iterating decodes once from the start and yields
+    (n, H, W, 3) uint8 RGB chunks of the sampled frames. `pick(times, rate) -> indices` chooses the frames (default:
+    `num_frames` spread uniformly, first and last included, or every frame); `timestamps` are the sampled
+    frames' times in seconds.
+    """
+
+    def __init__(self, path, chunk_frames: int, *, num_frames: int | None = None, pick=None):
+        import av
+
+        self.path, self.chunk_frames = os.fspath(path), int(chunk_frames)
+        if not os.path.isfile(self.path):
+            raise AdapterError(f"video file not found: {self.path}")
+        try:
+            with av.open(self.path, mode="r", metadata_errors="ignore") as container:
+                if not container.streams.video:
+                    raise AdapterError(f"{self.path} has no video stream")
+                stream = container.streams.video[0]
+                pts = sorted({int(p.pts) for p in container.demux(stream) if p.size and p.pts is not None})
+                base, rate = stream.time_base, stream.average_rate
+        except AdapterError:
+            raise
+        except Exception as exc:  # PyAV's own error types
+            raise AdapterError(f"cannot read {self.path} as a video ({type(exc).__name__}: {exc})") from exc
+        if not pts:
+            raise AdapterError(f"{self.path} holds no video frames")
+        self.fps = float(rate) if rate else None
+        times = np.array([float((p - pts[0]) * base) for p in pts]) if base else np.arange(len(pts)) / (self.fps or 1)
+        if pick is not None:
+            indices = np.asarray(pick(times, self.fps), dtype=np.int64)
+        elif num_frames is not None:
+            if isinstance(num_frames, bool) or int(num_frames) != num_frames or num_frames < 1:
+                raise AdapterError(f"num_frames must be a positive integer, got {num_frames!r}")
+            indices = np.unique(np.rint(np.linspace(0, len(pts) - 1, min(int(num_frames), len(pts)))).astype(np.int64))
+        else:
+            indices = np.arange(len(pts))
+        self.total_frames = len(pts)
+        self.indices = indices
+        self.timestamps = times[indices]
+        self._wanted = [pts[i] for i in indices.tolist()]
+
+    @property
+    def sampled_fps(self) -> float | None:
+        return _rate(self.timestamps) or self.fps
+
+    def __len__(self) -> int:
+        return len(self._wanted)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        import av
+
+        wanted, chunk, position = self._wanted, [], 0
+        with av.open(self.path, mode="r", metadata_errors="ignore") as container:
+            for frame in container.decode(container.streams.video[0]):
+                while position < len(wanted) and frame.pts == wanted[position]:
+                    chunk.append(frame.to_ndarray(format="rgb24"))
+                    position += 1
+                    if len(chunk) == self.chunk_frames:
+                        yield np.stack(chunk)
+                        chunk = []
+                if position == len(wanted):
+                    break
+        if position < len(wanted):
+            raise AdapterError(f"{self.path} is truncated or corrupt: {len(wanted) - position} sampled frames missing")
+        if chunk:
+            yield np.stack(chunk)
