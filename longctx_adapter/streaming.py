@@ -133,7 +133,8 @@ def _chunks(frames, plan) -> Iterator:
     if isinstance(frames, (np.ndarray, torch.Tensor)):
         if frames.ndim != 4:
             raise AdapterError(f"a video array must be (T, H, W, 3), got shape {tuple(frames.shape)}")
-        frames = (frames[i : i + plan.chunk_frames] for i in range(0, frames.shape[0], plan.chunk_frames))
+        video = frames
+        frames = (video[i : i + plan.chunk_frames] for i in range(0, video.shape[0], plan.chunk_frames))
     elif not isinstance(frames, Iterable):
         raise AdapterError(f"frames must be an iterable of frames or chunks, an array or a file path, not {type(frames)}")
     buffer: list = []

@@ -123,15 +123,15 @@ class EncodedVideo:
         if model is None:
             raise AdapterError("the model this video was encoded for no longer exists; encode the video again")
         kwargs = {**self.processor_kwargs, **processor_kwargs}
-        out = processor(text=[text], videos=[self.prompt_frames], return_tensors="pt", **kwargs)
-        token = model.config.video_token_id
+        once = "the prompt must hold the video placeholder exactly once, as the chat template writes one video"
+        try:
+            out = processor(text=[text], videos=[self.prompt_frames], return_tensors="pt", **kwargs)
+        except ValueError as exc:  # e.g. the processor counting placeholders against the one video
+            raise AdapterError(f"{once} (the processor says: {exc})") from exc
         ids = out["input_ids"]
-        runs = find_runs(ids, token)
+        runs = find_runs(ids, model.config.video_token_id)
         if len(runs) != 1:
-            raise AdapterError(
-                f"the prompt must hold the video placeholder exactly once (it gave {len(runs)} video placeholder "
-                "runs); write it once, as the chat template does for one video"
-            )
+            raise AdapterError(f"{once}; it gave {len(runs)} video placeholder runs")
         family = family_for(model.config.model_type)
         extra = {name: (out[name], *fills) for name, fills in family.token_tensors.items() if name in out}
         # one row: nothing to re-pad

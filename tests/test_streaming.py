@@ -1,0 +1,147 @@
+"""Streaming ingestion (encode_video): equal to the one-shot path on every family it supports, and clear refusals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from longctx_adapter import AdapterError, apply_adapter, encode_video
+from longctx_adapter.registry import family_for
+from longctx_adapter.testing.tiny import synthetic_video, tiny_model, tiny_processor
+from longctx_adapter.testing.tiny_qwen import qwen_tiny_model, qwen_tiny_processor
+
+PROMPT = "user <video> what color is the frame assistant"
+FPS = 2.0
+# family -> (pooling, chunk_frames, frames, rope visual window in tokens): frames leave a short last chunk
+CASES = {
+    "llava_onevision": ({"type": "progressive", "group": 2, "strides": [2, 4]}, 4, 10, 64),
+    "llava_next_video": ({"type": "progressive", "group": 2, "strides": [1, 2]}, 4, 10, 64),
+    "qwen2_vl": ({"type": "progressive", "group": 2, "strides": [1, 2]}, 4, 12, 4),
+    "qwen2_5_vl": ([{"type": "temporal", "kernel": 2}, {"type": "progressive", "group": 1, "strides": [2]}], 8, 14, 4),  # last chunk joins
+}
+
+
+def _model_and_processor(model_type):
+    if model_type.startswith("qwen"):
+        return qwen_tiny_model(model_type), qwen_tiny_processor(model_type)
+    return tiny_model(model_type), tiny_processor(model_type)
+
+
+def _video(model_type, frames):
+    side = 32 if model_type.startswith("qwen") else 64
+    return synthetic_video(frames, side, side, seed=3)
+
+
+def _processor_kwargs(model_type, frames):
+    family = family_for(model_type)
+    return family.processor_kwargs(frames, None, FPS) if family.processor_kwargs is not None else {}
+
+
+@pytest.mark.parametrize("model_type", sorted(CASES))
+def test_streamed_equals_one_shot(model_type):
+    pooling, chunk, frames, window = CASES[model_type]
+    model, proc = _model_and_processor(model_type)
+    video = _video(model_type, frames)
+    config = {"pooling": pooling, "vision_chunk_frames": chunk, "rope": {"type": "yarn", "visual_window": window}}
+    handle = apply_adapter(model, config)
+    one_shot = proc(text=[PROMPT], videos=[video], return_tensors="pt", **_processor_kwargs(model_type, frames))
+    with torch.no_grad():
+        ref_logits = model(**one_shot).logits
+        ref_stats = handle.last_stats
+        ref_tokens = model.generate(**one_shot, max_new_tokens=4, do_sample=False)
+
+    pieces = [video[i : i + 3] for i in range(0, frames, 3)]  # cut unlike the chunks: re-chunked inside
+    encoded = encode_video(model, iter(pieces), processor=proc, fps=FPS)
+    inputs = encoded.inputs(PROMPT)
+    for key, value in one_shot.items():  # the call equals the processor's on the whole video, pixels aside
+        if key != "pixel_values_videos":
+            assert torch.equal(inputs[key], value), key
+    assert "pixel_values_videos" not in inputs
+    with torch.no_grad():
+        logits = model(**inputs).logits
+        stats = handle.last_stats
+        tokens = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    torch.testing.assert_close(logits, ref_logits, rtol=1e-5, atol=1e-5)  # chunking.py's guarantee
+    assert stats == ref_stats and stats[0]["rope_factor"] is not None and stats[0]["rope_factor"] > 1
+    assert torch.equal(tokens, ref_tokens)
+    assert encoded.frames == frames and encoded.num_tokens == stats[0]["tokens_after"]
+    assert encoded.stock_tokens == stats[0]["tokens_before"]
+
+
+def test_video_file_and_whole_array(tmp_path):
+    """A file path is decoded a chunk at a time; a (T, H, W, 3) array is cut into chunks: both equal one-shot."""
+    from longctx_adapter.eval.video import load_video, write_video
+
+    model, proc = _model_and_processor("llava_onevision")
+    path = write_video(tmp_path / "clip.mp4", _video("llava_onevision", 12), fps=4.0)
+    apply_adapter(model, {"pooling": {"type": "progressive", "group": 2, "strides": [2, 4]}, "vision_chunk_frames": 4})
+    clip = load_video(path, 6)
+    one_shot = proc(text=[PROMPT], videos=[clip.frames], return_tensors="pt")
+    with torch.no_grad():
+        ref = model(**one_shot).logits
+        from_file = model(**encode_video(model, path, processor=proc, num_frames=6).inputs(PROMPT)).logits
+        from_array = model(**encode_video(model, clip.frames, processor=proc).inputs(PROMPT)).logits
+    torch.testing.assert_close(from_file, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(from_array, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def onevision():
+    return _model_and_processor("llava_onevision")
+
+
+def _refuses(match, fn, *args, **kwargs):
+    with pytest.raises(AdapterError, match=match):
+        fn(*args, **kwargs)
+
+
+def test_refusals(onevision):
+    model, proc = onevision
+    video = _video("llava_onevision", 4)
+    _refuses("needs an adapted model", encode_video, model, video, processor=proc)
+    with apply_adapter(model, {"pooling": {"type": "adaptive3d", "output": [2, 3, 3]}, "vision_chunk_frames": 4}):
+        _refuses("not frame-local", encode_video, model, video, processor=proc)
+    with apply_adapter(model, {"pooling": {"type": "progressive", "group": 4, "strides": [2, 4]}}):
+        _refuses("needs a chunk size", encode_video, model, video, processor=proc)
+        _refuses("not frame-local at that chunk size", encode_video, model, video, processor=proc, chunk_frames=2)
+        _refuses("got no frames", encode_video, model, iter([]), processor=proc, chunk_frames=4)
+        _refuses("needs the model's processor", encode_video, model, video, chunk_frames=4)
+        _refuses(r"\(H, W, 3\) frames", encode_video, model, [np.zeros((2, 2))], processor=proc, chunk_frames=4)
+        encoded = encode_video(model, video, processor=proc, chunk_frames=4)
+        inputs = encoded.inputs(PROMPT)
+        pixels = proc(text=[PROMPT], videos=[video], return_tensors="pt")["pixel_values_videos"]
+        _refuses("not both", model, **inputs, pixel_values_videos=pixels)
+        _refuses("exactly once", encoded.inputs, "user <video> and <video> assistant")
+        short = dict(inputs, input_ids=inputs["input_ids"][:, 3:], attention_mask=inputs["attention_mask"][:, 3:])
+        _refuses("placeholder tokens", model, **short)  # the run no longer has the video's stock length
+    with apply_adapter(model, {"pooling": {"type": "progressive", "group": 2, "strides": [2, 4]}}):
+        _refuses("other stages", model, **inputs)  # encoded with group 4, generating with group 2
+    with apply_adapter(model, {"rope": {"type": "yarn", "visual_window": 64}}):
+        _refuses("pools nothing", encode_video, model, video, processor=proc, chunk_frames=4)
+    other, _ = _model_and_processor("llava_onevision")
+    with apply_adapter(other, {"pooling": {"type": "progressive", "group": 4, "strides": [2, 4]}}):
+        _refuses("another model", other, **inputs)
+
+
+def test_families_without_streaming():
+    for model_type, match in (("llava", "separate images"), ("qwen3_vl", "does not support 'qwen3_vl'")):
+        model = qwen_tiny_model(model_type) if model_type.startswith("qwen") else tiny_model(model_type)
+        with apply_adapter(model, {"pooling": {"type": "progressive", "group": 2, "strides": [1, 2]}}):
+            _refuses(match, encode_video, model, np.zeros((4, 32, 32, 3), np.uint8), processor=None, chunk_frames=4)
+
+
+def test_qwen_chunk_must_hold_whole_temporal_patches():
+    model = qwen_tiny_model("qwen2_vl")
+    with apply_adapter(model, {"pooling": {"type": "progressive", "group": 1, "strides": [2]}}):
+        _refuses("temporal patch size", encode_video, model, _video("qwen2_vl", 4), processor=None, chunk_frames=3)
+
+
+def test_features_off_after_remove(onevision):
+    """Once the adapter is removed the stock model does not know encoded_video and says so (no silent stock run)."""
+    model, proc = onevision
+    handle = apply_adapter(model, {"pooling": {"type": "progressive", "group": 4, "strides": [2, 4]}})
+    inputs = encode_video(model, _video("llava_onevision", 4), processor=proc, chunk_frames=4).inputs(PROMPT)
+    handle.remove()
+    with pytest.raises((ValueError, TypeError), match="encoded_video"):
+        model.generate(**inputs, max_new_tokens=2)
