@@ -72,6 +72,9 @@ def add_run_parser(sub) -> argparse.ArgumentParser:
     run.add_argument("--prefill-chunk-size", default="auto", metavar="N|auto|off",
                      help="prefill the prompt N tokens at a time (lower peak memory on long prompts); auto (default): "
                      "4096 once the prompt is longer than that; off: one pass")
+    run.add_argument("--no-stream", dest="stream", action="store_false",
+                     help="preprocess the whole clip at once instead of streaming it a chunk of frames at a time "
+                     "(streaming is used when the pooling is frame-local and the backend is pyav)")
     run.set_defaults(func=_run)
     return run
 
@@ -85,6 +88,7 @@ def _run(args) -> int:
         args.model, args.video, args.question, frames=args.frames, fps=args.fps, max_frames=args.max_frames,
         config=args.config, visual_window=args.visual_window, max_new_tokens=args.max_new_tokens, dtype=args.dtype,
         device=args.device, backend=args.backend, prefill_chunk_size=_chunk_setting(args.prefill_chunk_size),
+        stream=args.stream,
     )
     return 0
 

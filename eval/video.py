@@ -58,6 +58,7 @@ __all__ = [
     "lmms_sample_indices",
     "load_video",
     "sample_indices",
+    "stream_video",
     "video_inputs",
     "write_video",
 ]
@@ -392,6 +393,26 @@ def _load_torchcodec(path, sampler) -> VideoClip:
     batch = decoder.get_frames_at(indices.tolist())
     frames = batch.data.permute(0, 2, 3, 1).contiguous().numpy()
     return VideoClip(frames, np.asarray(batch.pts_seconds, dtype=np.float64), indices, total, rate)
+
+
+def stream_video(
+    path,
+    chunk_frames: int,
+    num_frames: int | None = None,
+    *,
+    fps: float | None = None,
+    max_frames: int | None = None,
+    start: float | None = None,
+    end: float | None = None,
+):
+    """The frames :func:`load_video` would sample (PyAV, default rule), decoded a chunk of ``chunk_frames`` at a time:
+    a ``longctx_adapter.streaming.FrameStream`` to iterate or to pass to ``encode_video``. The file is indexed now
+    (a bad file fails here); frames are decoded while iterating."""
+    from longctx_adapter.streaming import FrameStream
+
+    path = _check_file(path)
+    sampler = FrameSampler(num_frames, fps, max_frames, start, end)
+    return FrameStream(path, chunk_frames, pick=sampler)
 
 
 #: write_video's qualities: (codec, pixel format, encoder options, largest per-pixel error after decoding, in 1/255)

@@ -48,7 +48,7 @@ def encode_video(
     handle = handle_of(model)
     if handle is None:
         raise AdapterError("encode_video needs an adapted model: call apply_adapter(model, config) first")
-    plan = stream_plan(handle, chunk_frames)
+    plan = stream_plan(handle.family, model.config, handle.config, chunk_frames)
     if processor is None:
         raise AdapterError("encode_video needs the model's processor (AutoProcessor.from_pretrained(checkpoint))")
     if isinstance(frames, (str, os.PathLike)):

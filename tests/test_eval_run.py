@@ -76,3 +76,21 @@ def test_run_refuses_a_bad_prefill_chunk_size(checkpoint, video, capsys):
     assert "--prefill-chunk-size must be auto, off or a number" in err and "Traceback" not in err
     assert main([*argv[:-1], "0"]) == 2
     assert "prefill chunk size must be" in capsys.readouterr().err
+
+
+def test_run_streams_ingestion_when_the_pooling_is_frame_local(checkpoint, video):
+    """Streamed ingestion (frames decoded, preprocessed, encoded and pooled 4 at a time) gives the one-shot answer;
+    a config that is not frame-local falls back to one-shot and says why."""
+    ask = dict(frames=12, max_new_tokens=4,
+               config='{"pooling": {"type": "progressive", "group": 2, "strides": [2, 4]}, "vision_chunk_frames": 4}')
+    out = io.StringIO()
+    streamed = run_question(checkpoint, video, "what is it ?", out=out, **ask)
+    assert streamed["streamed_chunk_frames"] == 4 and "ingestion     : streamed, 4 frames at a time" in out.getvalue()
+    one_shot = run_question(checkpoint, video, "what is it ?", out=io.StringIO(), stream=False, **ask)
+    assert one_shot["streamed_chunk_frames"] is None
+    for key in ("answer", "tokens_before", "tokens_after", "timestamps"):
+        assert streamed[key] == one_shot[key], key
+    out = io.StringIO()
+    run_question(checkpoint, video, "what is it ?", frames=8, max_new_tokens=1, out=out,
+                 config='{"pooling": {"type": "adaptive3d", "output": [2, 3, 3]}, "vision_chunk_frames": 4}')
+    assert "ingestion     : one-shot (encode_video pools each chunk of 4 frames on its own" in out.getvalue()

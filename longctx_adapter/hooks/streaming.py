@@ -37,10 +37,10 @@ class StreamPlan:
     reduction: int
 
 
-def stream_plan(handle, chunk_frames: int | None) -> StreamPlan:
-    """Check that `handle` can stream at `chunk_frames` input frames (None: its vision_chunk_frames); refuse clearly."""
-    family, config = handle.family, handle.config
-    model_type = handle.model.config.model_type
+def stream_plan(family, model_config, config, chunk_frames: int | None) -> StreamPlan:
+    """Check that a model (its family and HF config) adapted with `config` can stream at `chunk_frames` input frames
+    (None: the config's vision_chunk_frames); refuse clearly otherwise."""
+    model_type = model_config.model_type
     if family.split_video is None:
         raise AdapterError(
             f"encode_video needs a model that takes a video as one tensor; {model_type!r} takes frames as separate "
@@ -52,7 +52,7 @@ def stream_plan(handle, chunk_frames: int | None) -> StreamPlan:
             "which streaming cannot lay out; pass the processor's pixels to generate (vision_chunk_frames still "
             "keeps the encoder flat)"
         )
-    if not config.pooling:
+    if config is None or not config.pooling:
         raise AdapterError(
             "encode_video keeps only pooled tokens, and this adapter pools nothing; apply the adapter with a pooling "
             "stage (e.g. AdapterConfig.preset(model_type)) or pass pixels to generate"
@@ -62,7 +62,7 @@ def stream_plan(handle, chunk_frames: int | None) -> StreamPlan:
         raise AdapterError("encode_video needs a chunk size: pass chunk_frames= or set vision_chunk_frames")
     if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
         raise AdapterError(f"chunk_frames must be a positive int (frames), got {chunk!r}")
-    step = family.temporal_patch(handle.model.config)
+    step = family.temporal_patch(model_config)
     if chunk % step:
         raise AdapterError(f"chunk_frames={chunk} must be a multiple of this model's temporal patch size ({step} frames)")
     local, reduction, reason = chunk_plan(config.pooling, chunk // step)

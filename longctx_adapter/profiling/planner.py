@@ -28,7 +28,7 @@ from longctx_adapter.ops.stages import GridShape
 from longctx_adapter.profiling.estimate import KV_BITS, estimate_memory
 from longctx_adapter.registry import MODEL_TYPE_TO_PATCH, family_for
 
-__all__ = ["PREFILL_CHUNK", "Plan", "auto_prefill_chunk", "parse_memory", "plan", "quantized_cache_kwargs"]
+__all__ = ["PREFILL_CHUNK", "Plan", "auto_prefill_chunk", "frame_local_chunk", "parse_memory", "plan", "quantized_cache_kwargs"]
 
 #: prompt tokens per prefill chunk when chunked prefill is on
 PREFILL_CHUNK = 4096
@@ -94,7 +94,7 @@ def _video_shape(config, family, frames: int) -> GridShape:
     return GridShape(*family.video_grid(config, frames, family.frame_size))
 
 
-def _vision_chunk(config, family, stages: list[dict], frames: int) -> int | None:
+def frame_local_chunk(config, family, stages: list[dict], frames: int) -> int | None:
     """The smallest multiple of the temporal patch, at least VISION_CHUNK, at which the stages pool chunk by chunk."""
     from longctx_adapter.ops.pooling import chunk_plan
 
@@ -156,7 +156,7 @@ def plan(
     def attempt(step, stages, prefill, bits) -> Plan | None:
         adapter = None
         if stages is not None:
-            adapter = {"pooling": stages, "vision_chunk_frames": _vision_chunk(config, family, stages, frames)}
+            adapter = {"pooling": stages, "vision_chunk_frames": frame_local_chunk(config, family, stages, frames)}
         estimate = estimate_memory(
             config, frames, adapter, dtype=dtype, prefill_chunk_size=prefill, kv_bits=bits, device=device,
             text_tokens=text_tokens,
