@@ -40,8 +40,10 @@ def test_the_first_fitting_candidate_wins_and_its_config_is_what_was_estimated(o
     assert [c.step for c in tried[:1]] == ["stock"]
     # the printed config, recomputed independently
     again = estimate_memory(onevision, frames, chosen.adapter_config, prefill_chunk_size=chosen.prefill_chunk_size,
-                            kv_bits=chosen.kv_bits, device="cuda")  # fmt: skip
+                            kv_bits=chosen.kv_bits, device="cuda", streamed=chosen.streamed)  # fmt: skip
     assert again["peak_bytes"] == chosen.peak_bytes
+    # streamed ingestion wherever the pooling is chunked frame-locally (OneVision supports encode_video)
+    assert chosen.streamed == (chosen.adapter_config is not None and chosen.adapter_config["vision_chunk_frames"] is not None)
     if chosen.adapter_config is not None:
         config = AdapterConfig.from_dict(chosen.adapter_config)
         assert config.to_dict() == chosen.adapter_config
@@ -105,3 +107,26 @@ def test_cli_errors_are_one_line(capsys, argv, match):
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if ": error: " in line]
     assert match in err and "Traceback" not in err and len(errors) == 1
+
+
+def test_streamed_ingestion_is_flat_in_frames_apart_from_the_pooled_features(onevision):
+    """The estimator's streamed term: one chunk's pixels and activations, plus the pooled features; the one-shot
+    term grows with every frame's pixels. Streaming lowers the whole call's vision stage and drops the pixels from
+    prefill and decoding."""
+    from longctx_adapter.profiling.estimate import estimate_ingestion
+
+    adapter = {"pooling": [{"type": "progressive", "group": 4, "strides": [2, 8]}], "vision_chunk_frames": 16}
+    streamed = {n: estimate_ingestion(onevision, n, adapter, streamed=True) for n in (64, 1024, 4096)}
+    one_shot = {n: estimate_ingestion(onevision, n, adapter, streamed=False) for n in (64, 1024, 4096)}
+    for n in (1024, 4096):
+        grew = streamed[n]["peak_bytes"] - streamed[64]["peak_bytes"]
+        assert grew == streamed[n]["features_bytes"] - streamed[64]["features_bytes"]
+        assert streamed[n]["pixels_bytes"] == streamed[64]["pixels_bytes"] == 16 * 3 * 384 * 384 * (4 + 2)
+        assert one_shot[n]["pixels_bytes"] == n * 3 * 384 * 384 * (4 + 2)
+        assert one_shot[n]["peak_bytes"] - streamed[n]["peak_bytes"] > (n - 32) * 3 * 384 * 384 * 4
+    whole = estimate_memory(onevision, 2048, adapter, device="cuda", prefill_chunk_size=4096)
+    lean = estimate_memory(onevision, 2048, adapter, device="cuda", prefill_chunk_size=4096, streamed=True)
+    assert lean["prefill_peak_bytes"] == whole["prefill_peak_bytes"] - whole["pixels_bytes"]
+    assert lean["vision_peak_bytes"] < whole["vision_peak_bytes"] and lean["pixels_bytes"] < whole["pixels_bytes"]
+    with pytest.raises(AdapterError, match="frame-local"):
+        estimate_memory(onevision, 64, {**adapter, "vision_chunk_frames": 6}, streamed=True)

@@ -37,7 +37,14 @@ from longctx_adapter.ops.stages import FrameSizes, GridShape, parse_stages
 from longctx_adapter.profiling.dtypes import dtype_bytes
 from longctx_adapter.registry import MODEL_TYPE_TO_PATCH, family_for
 
-__all__ = ["KV_BITS", "estimate_memory", "max_frames", "param_bytes", "quantized_kv_bytes_per_token"]
+__all__ = [
+    "KV_BITS",
+    "estimate_ingestion",
+    "estimate_memory",
+    "max_frames",
+    "param_bytes",
+    "quantized_kv_bytes_per_token",
+]
 
 #: widths the quantized cache backends offer (quanto: 2 and 4; hqq: 1 to 8)
 KV_BITS = (2, 4, 8)
@@ -115,6 +122,7 @@ def estimate_memory(
     vision_hidden_states: str = "selected",
     kv_bits: int | None = None,
     kv_offload: bool = False,
+    streamed: bool = False,
 ) -> dict:
     """Peak bytes per stage of `generate()` on one video of `frames` frames; see the module docstring.
 
@@ -126,7 +134,9 @@ def estimate_memory(
     keys and values on the device (the one in use and the one prefetched) and the rest in host memory
     (`kv_host_bytes`). Returns token counts, component bytes and `{vision,prefill,decode}_peak_bytes`, `peak_bytes`.
     With a stage that keeps tokens chosen from the features (`merge_temporal`, `segment_density`) the visual token
-    count, and every size built on it, is an upper bound (`visual_tokens_exact` False).
+    count, and every size built on it, is an upper bound (`visual_tokens_exact` False). streamed: the video comes
+    through `encode_video` (frame-local stages at `vision_chunk_frames`): the vision stage holds one chunk's pixels
+    (`estimate_ingestion`), and no pixels stay alive through prefill and decoding.
     """
     if kv_bits is not None and kv_offload:
         raise AdapterError("kv_bits and kv_offload are two cache implementations; choose one")
@@ -148,6 +158,10 @@ def estimate_memory(
         vis = _tower_vision(config, family, frames, stages, chunk, b, cpu=cpu, hidden=vision_hidden_states)
     else:
         vis = _patch_vision(config, family, frames, stages, chunk, b, frame_size)
+    if streamed:
+        _check_streamed(family, config, stages, chunk)
+        vis["pixels"] = _chunk_pixel_bytes(vis, b)  # the vision stage's pixels: one chunk, gone after ingestion
+        vis["peak"] = vis["stream_peak"]
 
     t = _text(config)
     h, inter, kvh, hd = t["hidden"], t["inter"], t["kv_heads"], t["head_dim"]
@@ -171,7 +185,7 @@ def estimate_memory(
 
     # ---- prefill: what stays alive from the vision stage, then the widest step of the last decoder layer
     q_len = min(seq, prefill_chunk_size) if prefill_chunk_size else seq
-    held = weights + vis["pixels"] + ids + vis["kept"] + vis["features"]
+    held = weights + (0 if streamed else vis["pixels"]) + ids + vis["kept"] + vis["features"]
     embeds = seq * h * b  # inputs_embeds, alive through the whole decoder stack
     rope = 2 * q_len * hd * b + q_len * hd * 4 * 2  # cos/sin in dtype + their float32 source
     rms = 8 * q_len * h  # RMSNorm upcast: float32 copy and its square
@@ -211,6 +225,76 @@ def estimate_memory(
         "decode_peak_bytes": decode,
         "peak_bytes": max(vision, prefill, decode),
         "chunk_frames": vis["chunk"],
+        "streamed": streamed,
+    }
+
+
+# ------------------------------------------------------------------------------------------------ ingestion
+
+#: float32 copies of a chunk's pixels alive while an HF video processor runs (its normalized output and the batch
+#: it stacks), besides the uint8 frames it was given
+PROCESSOR_FLOAT_COPIES = 2
+
+
+def _check_streamed(family, config, stages, chunk) -> None:
+    if not stages or not chunk or family.split_video is None or family.blocks_per_frame:
+        raise AdapterError(
+            "streamed ingestion needs pooling stages, vision_chunk_frames and a family encode_video supports"
+        )
+    step = family.temporal_patch(config)
+    if chunk % step or not chunk_plan(stages, chunk // step)[0]:
+        raise AdapterError(f"the pooling stages are not frame-local at vision_chunk_frames={chunk}: nothing streams")
+
+
+def _chunk_pixel_bytes(vis: dict, b: int) -> int:
+    """What one streamed chunk's pixels hold during encoding: the processor's float32 output, and its cast to the
+    model dtype when that is not float32."""
+    values = vis["chunk"] * vis["frame_values"]
+    return values * 4 + (values * b if b != 4 else 0)
+
+
+def estimate_ingestion(config, frames: int, adapter_config, *, streamed: bool, dtype="bfloat16", frame_size=None,
+                       device: str = "cpu") -> dict:  # fmt: skip
+    """Peak bytes of ingestion alone (frames -> processor -> vision encoder -> pooled features), weights excluded.
+
+    One-shot: the decoded clip (uint8), the processor's float32 pixels of every frame (and their cast), then the
+    vision stage of `estimate_memory` (chunked encoding at `vision_chunk_frames`). Streamed (`encode_video`): two
+    chunks of uint8 frames (the one held back in case the last chunk must join it, and the one being gathered), the
+    processor's float32 copies of one chunk, then one chunk's encoder activations plus the pooled features so far.
+    Frames are assumed at the processor's input size (a larger source adds its uint8 frames and resize buffers).
+    """
+    config = getattr(config, "config", config)
+    b = dtype_bytes(dtype)
+    stages, chunk = _stages(adapter_config)
+    family = family_for(config.model_type)
+    if family.cost is None:
+        raise AdapterError(f"no memory model for model_type {config.model_type!r}")
+    if family.cost.kind == "tower":
+        vis = _tower_vision(config, family, frames, stages, chunk, b, cpu=str(device).startswith("cpu"))
+    else:
+        vis = _patch_vision(config, family, frames, stages, chunk, b, frame_size)
+    height, width = vis["frame_side"]
+    if streamed:
+        _check_streamed(family, config, stages, chunk)
+        count = vis["chunk"]
+        raw = 2 * count * height * width * 3
+        pixels = _chunk_pixel_bytes(vis, b)
+        processing = raw + count * height * width * 3 + PROCESSOR_FLOAT_COPIES * count * vis["frame_values"] * 4
+    else:
+        count = frames
+        raw = frames * height * width * 3
+        pixels = frames * vis["frame_values"] * (4 + (b if b != 4 else 0))
+        processing = raw + frames * height * width * 3 + PROCESSOR_FLOAT_COPIES * frames * vis["frame_values"] * 4
+    encoding = raw + pixels + (vis["stream_peak"] if streamed else vis["peak"])
+    return {
+        "frames": frames,
+        "streamed": streamed,
+        "frames_bytes": raw,
+        "pixels_bytes": pixels,
+        "processor_peak_bytes": processing,
+        "encoder_peak_bytes": vis["stream_peak"] if streamed else vis["peak"],
+        "features_bytes": vis["features"],
+        "peak_bytes": max(processing, encoding),
     }
 
 
@@ -250,6 +334,9 @@ def _tower_vision(config, family, frames, stages, chunk, b, cpu: bool = True, hi
         encoder += v.num_hidden_layers * N * d * b
         kept_hidden = (v.num_hidden_layers + 2) * N * d * b
     P = tokens_after
+    # streamed ingestion pools one chunk at a time: its pooling temporaries scale with the chunk's pooled tokens
+    Pc = (count_tokens(c, grid, grid, stages) + family.tail_tokens) if stages and local else P
+    stream_peak = None
     if after_projector:
         proj = kept_hidden + 2 * N * h * b  # linear_1 out + activation (then activation + linear_2 out)
         if stages is None:  # stock: bilinear 2x on a contiguous NCHW copy, then cat with the newline
@@ -262,7 +349,9 @@ def _tower_vision(config, family, frames, stages, chunk, b, cpu: bool = True, hi
         else:  # adapter: identity pooling, cat with the newline, then the adapter's pooling and two cats
             biggest_group = _op_scratch_tokens(stages, c, side) * h * b
             post = kept_hidden + 2 * N * h * b
+            post_chunk = max(post, kept_hidden + N * h * b + biggest_group + 2 * Pc * h * b)
             post = max(post, kept_hidden + N * h * b + biggest_group + 2 * P * h * b)
+            stream_peak = max(encoder, proj, post_chunk) + P * h * b
         chunk_peak = max(encoder, proj, post)
     else:
         # NeXT-Video: features (drop CLS: a view), 2x average pool (c x 144 x d), projector on pooled tokens
@@ -270,6 +359,7 @@ def _tower_vision(config, family, frames, stages, chunk, b, cpu: bool = True, hi
         pooled_in = Np * d * b
         proj = kept_hidden + pooled_in + 2 * Np * h * b
         chunk_peak = max(encoder, proj, kept_hidden + Np * h * b + (P * h * b * 3 if stages else 0))
+        stream_peak = max(encoder, proj, kept_hidden + Np * h * b + Pc * h * b * 3) + P * h * b
 
     full = frames * n
     if chunk and stages:
@@ -287,6 +377,9 @@ def _tower_vision(config, family, frames, stages, chunk, b, cpu: bool = True, hi
         "tokens_after": tokens_after,
         "extra_text": 0,
         "pixels": pixels,
+        "frame_values": 3 * v.image_size**2,  # pixel values of one input frame
+        "frame_side": (v.image_size, v.image_size),
+        "stream_peak": stream_peak,  # encode_video: one chunk's activations + the pooled features so far
         "peak": peak,
         "kept": kept,
         "features": features,
@@ -348,6 +441,9 @@ def _patch_vision(config, family, frames, stages, chunk, b, frame_size) -> dict:
     # adapter pooling: the encoder output (pre-merger hidden + merged features) plus pooled copies
     pool = (N * d * b + merged * (1 + deepstack) + 3 * P * out_h * b * (1 + deepstack)) if stages else 0
     chunk_peak = max(encoder, merger, pool)
+    Pc = count_tokens(ct, hp // merge, wp // merge, stages) if stages else P
+    pool_chunk = (N * d * b + merged * (1 + deepstack) + 3 * Pc * out_h * b * (1 + deepstack)) if stages else 0
+    stream_peak = max(encoder, merger, pool_chunk) + P * out_h * b * (1 + deepstack)
     full_n = t * hp * wp
     if chunk and stages:  # chunked: one chunk's activations + pooled tokens so far; lean template
         peak = chunk_peak + P * out_h * b * (1 + deepstack)
@@ -364,6 +460,9 @@ def _patch_vision(config, family, frames, stages, chunk, b, frame_size) -> dict:
         "tokens_after": tokens_after,
         "extra_text": extra_text,
         "pixels": pixels,
+        "frame_values": hp * wp * 3 * p * p,  # pixel values of one input frame (a temporal patch holds tp frames)
+        "frame_side": (height, width),
+        "stream_peak": stream_peak,  # encode_video: one chunk's activations + the pooled features so far
         "peak": peak,
         "kept": kept,
         "features": features,

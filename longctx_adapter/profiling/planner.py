@@ -7,7 +7,8 @@ usable memory wins:
 2. the stock model with chunked prefill (`generate(..., prefill_chunk_size=PREFILL_CHUNK)`);
 3. pooling schedules from mild to strong: the spatial levels of the budget stage's ladder (progressive pooling, key
    frames at stride 2, the other frames at stride 2, 3, ... up to the frame grid), never more tokens than the stock
-   model keeps, each with chunked vision encoding and chunked prefill;
+   model keeps, each with chunked vision encoding and chunked prefill, and streamed ingestion (`encode_video`, what
+   `run` does for such configs: one chunk's pixels at a time) where the family supports it;
 4. the same schedules with a quantized KV cache (4 bits, then 2 bits when allowed);
 5. temporal merging (the ladder's last levels) with the most quantized KV cache allowed.
 
@@ -62,6 +63,7 @@ class Plan:
     visual_tokens: int
     fits: bool
     estimate: dict = field(repr=False, compare=False, default_factory=dict)
+    streamed: bool = False  # the estimate assumes streamed ingestion (encode_video; `run` does it by itself)
 
     def generate_kwargs(self) -> dict:
         """Keyword arguments of `model.generate` this plan relies on."""
@@ -151,22 +153,24 @@ def plan(
     usable = int(parse_memory(memory) * (1 - reserve))
     shape = _video_shape(config, family, frames)
     stock_tokens = family.stock_tokens(config, frames, family.frame_size)
+    streams = family.split_video is not None and not family.blocks_per_frame  # what encode_video supports
     tried: list[Plan] = []
 
     def attempt(step, stages, prefill, bits) -> Plan | None:
-        adapter = None
+        adapter, streamed = None, False
         if stages is not None:
             adapter = {"pooling": stages, "vision_chunk_frames": frame_local_chunk(config, family, stages, frames)}
+            streamed = adapter["vision_chunk_frames"] is not None and streams
         estimate = estimate_memory(
             config, frames, adapter, dtype=dtype, prefill_chunk_size=prefill, kv_bits=bits, device=device,
-            text_tokens=text_tokens,
+            text_tokens=text_tokens, streamed=streamed,
         )  # fmt: skip
         if adapter is not None:
             adapter = _full_config(config.model_type, adapter)
         if prefill is not None and estimate["seq_len"] <= prefill:
             return None  # one chunk: chunked prefill changes nothing
         candidate = Plan(step, adapter, prefill, bits, estimate["peak_bytes"], estimate["visual_tokens_after"],
-                         estimate["peak_bytes"] <= usable, estimate)  # fmt: skip
+                         estimate["peak_bytes"] <= usable, estimate, streamed)  # fmt: skip
         tried.append(candidate)
         return candidate if candidate.fits else None
 
@@ -225,6 +229,9 @@ def describe(chosen: Plan, tried: list[Plan], memory, reserve: float, frames: in
     lines.append(f"adapter config (--config): {json.dumps(chosen.adapter_config) if chosen.adapter_config else 'none'}")
     kwargs = chosen.generate_kwargs()
     lines.append(f"generate kwargs: {json.dumps(kwargs) if kwargs else '{}'}")
+    if chosen.streamed:
+        chunk = chosen.adapter_config["vision_chunk_frames"]
+        lines.append(f"ingestion: streamed, {chunk} frames at a time (run does it; in Python: encode_video)")
     return "\n".join(lines)
 
 
@@ -274,7 +281,8 @@ def run_plan_cli(args) -> int:
                          kv_bits=bits)  # fmt: skip
     if args.json:
         print(json.dumps({"step": chosen.step, "peak_bytes": chosen.peak_bytes, "visual_tokens": chosen.visual_tokens,
-                          "adapter_config": chosen.adapter_config, "generate_kwargs": chosen.generate_kwargs()}))  # fmt: skip
+                          "adapter_config": chosen.adapter_config, "generate_kwargs": chosen.generate_kwargs(),
+                          "streamed": chosen.streamed}))  # fmt: skip
     else:
         print(describe(chosen, tried, args.memory, args.reserve, args.frames))
     return 0
