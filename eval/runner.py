@@ -73,10 +73,11 @@ def streaming_chunk(model_path, model_type, adapter, frames, backend, stream=Tru
     """(frames per streamed chunk, "") when ``run`` can stream this video, else (None, the one-line reason).
 
     The chunk: the config's vision_chunk_frames, else the planner's (at least 16 frames, frame-local)."""
+    from transformers import AutoConfig
+
     from longctx_adapter.hooks.streaming import stream_plan
     from longctx_adapter.profiling.planner import frame_local_chunk
     from longctx_adapter.registry import family_for
-    from transformers import AutoConfig
 
     if not stream:
         return None, "streaming turned off"

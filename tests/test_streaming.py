@@ -131,10 +131,24 @@ def test_families_without_streaming():
             _refuses(match, encode_video, model, np.zeros((4, 32, 32, 3), np.uint8), processor=None, chunk_frames=4)
 
 
-def test_qwen_chunk_must_hold_whole_temporal_patches():
-    model = qwen_tiny_model("qwen2_vl")
+def test_qwen_chunk_must_hold_whole_temporal_patches_and_frame_sizes_must_not_depend_on_the_video():
+    model, proc = _model_and_processor("qwen2_vl")
     with apply_adapter(model, {"pooling": {"type": "progressive", "group": 1, "strides": [2]}}):
-        _refuses("temporal patch size", encode_video, model, _video("qwen2_vl", 4), processor=None, chunk_frames=3)
+        _refuses("temporal patch size", encode_video, model, _video("qwen2_vl", 4), processor=proc, chunk_frames=3)
+        proc.video_processor.cap_pixels_per_frame = True  # a per-video pixel budget: a chunk cannot honour it
+        _refuses("cap_pixels_per_frame", encode_video, model, _video("qwen2_vl", 4), processor=proc, chunk_frames=2)
+
+
+def test_stream_video_decodes_what_load_video_samples(tmp_path):
+    from longctx_adapter.eval.video import load_video, stream_video, write_video
+
+    path = write_video(tmp_path / "clip.mp4", _video("llava_onevision", 10), fps=5.0)
+    stream = stream_video(path, 4, 7)
+    chunks = list(stream)
+    clip = load_video(path, 7)
+    assert [len(c) for c in chunks] == [4, 3]
+    assert np.array_equal(np.concatenate(chunks), clip.frames)
+    assert np.array_equal(stream.timestamps, clip.timestamps) and stream.total_frames == clip.total_frames == 10
 
 
 def test_features_off_after_remove(onevision):

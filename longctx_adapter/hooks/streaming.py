@@ -169,9 +169,9 @@ class StreamEncoder:
         family, model = handle.family, handle.model
         with torch.no_grad():
             segments, template = family.encode(model, encoder_kwargs, None, handle.config)
-        if len(segments) != 1:
-            raise AdapterError(f"internal: one chunk of one video encoded to {len(segments)} segments")
-        self.video.add(segments[0])
+            if len(segments) != 1:
+                raise AdapterError(f"internal: one chunk of one video encoded to {len(segments)} segments")
+            self.video.add(segments[0])
         self.template_type = type(template)
         segments = template = None  # this chunk's encoder output: freed before the next chunk
         grid = encoder_kwargs.get("video_grid_thw")
@@ -219,10 +219,11 @@ def check_encoded(handle, encoded, call: dict) -> dict:
     if any(call.get(key) is not None for key in family.pixel_keys):
         raise AdapterError(f"pass either encoded_video or video pixels ({', '.join(family.pixel_keys)}), not both")
     call = dict(call)
+    device = call["input_ids"].device if call.get("input_ids") is not None else None
     for name, value in encoded.call_tensors.items():
         given = call.get(name)
         if given is None:
-            call[name] = value
+            call[name] = value.to(device) if device is not None else value
         elif not torch.equal(given.cpu().to(value.dtype), value):
             raise AdapterError(
                 f"{name} {given.tolist()} does not describe the encoded video ({value.tolist()}); drop it, "
