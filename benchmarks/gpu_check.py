@@ -63,7 +63,7 @@ def profile_rows(model: str = MODEL, frames=FRAMES, memory: str = MEMORY) -> lis
     preset = AdapterConfig.preset(config.model_type).to_dict()
     rows = []
     for n in frames:
-        chosen, _ = plan(config, n, memory)
+        chosen, _ = plan(config, n, memory, streamed=False)  # the profiler feeds every frame's pixels at once
         preset_seq = estimate_memory(config, n, preset, device="cuda")["seq_len"]
         runs = [
             ("stock", None, None, None),

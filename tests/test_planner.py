@@ -130,3 +130,7 @@ def test_streamed_ingestion_is_flat_in_frames_apart_from_the_pooled_features(one
     assert lean["vision_peak_bytes"] < whole["vision_peak_bytes"] and lean["pixels_bytes"] < whole["pixels_bytes"]
     with pytest.raises(AdapterError, match="frame-local"):
         estimate_memory(onevision, 64, {**adapter, "vision_chunk_frames": 6}, streamed=True)
+    # the planner counts streaming only where asked (the profiler feeds every frame's pixels)
+    assert plan(onevision, 1024, "24GB", device="cuda")[0].streamed
+    fed_whole, tried = plan(onevision, 1024, "24GB", device="cuda", streamed=False)
+    assert not any(c.streamed for c in tried) and fed_whole.visual_tokens <= 69377

@@ -133,11 +133,14 @@ def plan(
     kv_bits: tuple[int, ...] = (4,),
     device: str = "cuda",
     text_tokens: int = 34,
+    streamed: bool = True,
 ) -> tuple[Plan, list[Plan]]:
     """(the chosen plan, every candidate tried in order). Raises when nothing the ladder offers fits.
 
     config: an HF config of a supported family (e.g. `sizes.real_config("llava-onevision-7b")`). kv_bits: quantized
-    KV widths allowed, tried in order (empty: never quantize the cache).
+    KV widths allowed, tried in order (empty: never quantize the cache). streamed: estimate chunked pooled candidates
+    with streamed ingestion (`encode_video`, what `run` does) where the family supports it; False: the caller feeds
+    the whole video's pixels to `generate` (e.g. the profiler).
     """
     config = getattr(config, "config", config)
     if isinstance(frames, bool) or not isinstance(frames, int) or frames < 1:
@@ -153,24 +156,24 @@ def plan(
     usable = int(parse_memory(memory) * (1 - reserve))
     shape = _video_shape(config, family, frames)
     stock_tokens = family.stock_tokens(config, frames, family.frame_size)
-    streams = family.split_video is not None and not family.blocks_per_frame  # what encode_video supports
+    streams = streamed and family.split_video is not None and not family.blocks_per_frame  # encode_video's families
     tried: list[Plan] = []
 
     def attempt(step, stages, prefill, bits) -> Plan | None:
-        adapter, streamed = None, False
+        adapter, streaming = None, False
         if stages is not None:
             adapter = {"pooling": stages, "vision_chunk_frames": frame_local_chunk(config, family, stages, frames)}
-            streamed = adapter["vision_chunk_frames"] is not None and streams
+            streaming = adapter["vision_chunk_frames"] is not None and streams
         estimate = estimate_memory(
             config, frames, adapter, dtype=dtype, prefill_chunk_size=prefill, kv_bits=bits, device=device,
-            text_tokens=text_tokens, streamed=streamed,
+            text_tokens=text_tokens, streamed=streaming,
         )  # fmt: skip
         if adapter is not None:
             adapter = _full_config(config.model_type, adapter)
         if prefill is not None and estimate["seq_len"] <= prefill:
             return None  # one chunk: chunked prefill changes nothing
         candidate = Plan(step, adapter, prefill, bits, estimate["peak_bytes"], estimate["visual_tokens_after"],
-                         estimate["peak_bytes"] <= usable, estimate, streamed)  # fmt: skip
+                         estimate["peak_bytes"] <= usable, estimate, streaming)  # fmt: skip
         tried.append(candidate)
         return candidate if candidate.fits else None
 
