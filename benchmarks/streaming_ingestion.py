@@ -10,7 +10,8 @@ mmap threshold at 1 MiB so freed tensors leave the resident set (as the profiler
 (seeded uint8 noise at the processor's input size, so the processor's resize is a no-op on both paths).
 
     python benchmarks/streaming_ingestion.py --model tiny --frames 64,256,1024
-    python benchmarks/streaming_ingestion.py --model onevision-7b --frames 16,64,128 --chunk 8
+    python benchmarks/streaming_ingestion.py --model onevision-7b --frames 16,64 --chunk 8
+    python benchmarks/streaming_ingestion.py --model onevision-7b --frames 256 --chunk 8 --modes streamed
 
 `onevision-7b`: LLaVA-OneVision-7B's real geometry (`profiling.sizes.real_config`), random weights, float32, the
 decoder cut to 1 layer and the SigLIP tower to 1 layer (ingestion runs the tower, so its depth sets the CPU time; a
