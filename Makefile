@@ -5,7 +5,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test docs mutate test-compat test-lmms test-vllm bench-vllm bench lint clean train-tiny measure-tiny train-tiny-vcwe measure-tiny-vcwe measure-merging measure-kv gpu-check
+.PHONY: venv demo test docs mutate test-compat test-lmms test-vllm bench-vllm bench bench-prefill bench-estimator frames-fit lint clean train-tiny measure-tiny train-tiny-vcwe measure-tiny-vcwe measure-merging measure-kv gpu-check
 
 # test-compat: the suite against the OLDEST supported transformers (the floor of pyproject's range) in a second venv.
 COMPAT_VENV ?= .venv-compat
@@ -35,6 +35,19 @@ docs: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m pytest benchmarks --benchmark-enable --benchmark-columns=min,median,mean,rounds -q -p no:xdist
 	$(PY) benchmarks/report.py
+
+# bench-prefill: prefill time and time to first token, stock vs preset, truncated true-width LLaVA-OneVision-7B
+# on CPU (slow: minutes per run on 2 cores; prints a table). bench-estimator: the estimator's KV-cache and chunked
+# prefill terms against fresh-process measurements (CPU, ~30-40 min on 2 cores). frames-fit: the analytic "how many
+# frames fit" tables of docs/memory-24gb.md and docs/frames_fit.png (seconds).
+bench-prefill: $(STAMP)
+	$(PY) benchmarks/prefill_time.py
+
+bench-estimator: $(STAMP)
+	$(PY) benchmarks/estimator_check.py
+
+frames-fit: $(STAMP)
+	$(PY) benchmarks/frames_fit.py --write
 
 $(COMPAT_STAMP): pyproject.toml Makefile
 	test -n "$(COMPAT_TRANSFORMERS)" || (echo "cannot read the transformers floor from pyproject.toml" && false)

@@ -43,6 +43,7 @@ __all__ = [
     "estimate_memory",
     "max_frames",
     "param_bytes",
+    "quantize_transient_bytes",
     "quantized_kv_bytes_per_token",
 ]
 
@@ -82,6 +83,19 @@ def quantized_kv_bytes_per_token(config, bits: int, dtype="bfloat16", group: int
     t = _text(getattr(config, "config", config))
     values = 2 * t["layers"] * t["kv_heads"] * t["head_dim"]
     return values * bits / 8 + values / group * 2 * dtype_bytes(dtype)
+
+
+def quantize_transient_bytes(values: int, dtype="bfloat16", device: str = "cpu") -> int:
+    """Peak scratch of quantizing one cache tensor of `values` values with transformers' hqq backend (its proximal
+    optimizer, hqq/core/optimize.py). On CPU it works in float32 and holds 9-10 copies at once: the float32 input
+    (no copy when the model is float32), the previous step's W_q and W_r, the new W_q and W_r, the error, its shrunk
+    copy, and the temporaries of the zero-point update; 9.5 copies (38 bytes per value) is what a true-width 7B
+    layer measured at 8k tokens (8.9 on later updates; benchmarks/estimator_check.py). On CUDA (not measured here)
+    the steps run in float16: the float32 input plus about 9 float16 copies. Quanto's optimizer is simpler, so for
+    it this is an upper bound (not measured)."""
+    if str(device).split(":")[0] == "cuda":
+        return values * (4 + 9 * 2)
+    return values * (38 - (4 if dtype_bytes(dtype) == 4 else 0))
 
 
 def _text(config):
@@ -172,13 +186,19 @@ def estimate_memory(
     kv = kv_token * seq
     kv_layer = 2 * kvh * hd * b * seq
     kv_host = 0
-    kv_work = 0  # cache-implementation transients on top of one layer's step
+    kv_work = kv_work_later = 0  # cache-implementation transients on top of one layer's step (first / later update)
     if kv_bits is not None:
         # stored: every token quantized (plus a residual window of up to KV_RESIDUAL tokens in full precision);
         # each update dequantizes the layer, concatenates the new tokens and re-quantizes the whole layer
+        # (measured on a true-width 7B cache layer: benchmarks/estimator_check.py). Keys and values are quantized one
+        # after the other, so one tensor's optimizer scratch is live at a time. A later update (prefill chunk after the
+        # first, decode) also holds the dequantized layer beside the concatenated keys and values it returns (the
+        # concatenation is the one-layer copy counted below as for any cache); decode counts the step that flushes
+        # the residual window into the quantized part (every KV_RESIDUAL tokens), its largest.
         kv_token = quantized_kv_bytes_per_token(config, kv_bits, dtype)
         kv = int(kv_token * seq) + KV_RESIDUAL * 2 * t["layers"] * kvh * hd * b
-        kv_work = 3 * kv_layer
+        kv_work = quantize_transient_bytes(kvh * hd * seq, dtype, device)
+        kv_work_later = kv_layer + kv_work
     elif kv_offload:
         kv_host = kv
         kv = 2 * kv_layer  # the layer in use and the next one, prefetched
@@ -192,15 +212,18 @@ def estimate_memory(
     attention = q_len * h * b * 5 + 2 * q_len * kvh * hd * b * 3 + kv_layer * (1 if not prefill_chunk_size else 2)
     if prefill_chunk_size and q_len < seq:
         attention += 2 * seq * t["heads"] * hd * b + q_len * seq  # repeat_kv copies (mask present) + bool mask
+    # the cache update runs inside attention (after q/k/v, before sdpa), so its scratch adds to that step only
+    # (a later chunk dequantizes the seq - q_len tokens already stored)
+    attention += kv_work + (kv_layer * (seq - q_len) // seq if kv_bits is not None and q_len < seq else 0)
     mlp = 2 * q_len * h * b + 3 * q_len * inter * b
     layer_peak = q_len * h * b + max(rms, attention, mlp)
     logits_bytes = {"last": t["vocab"] * (b + 4), "all": seq * t["vocab"] * b, "all_fp32": seq * t["vocab"] * (b + 4)}[
         logits
     ]
-    prefill = held + embeds + rope + kv + max(layer_peak + kv_work, logits_bytes + q_len * h * b)
+    prefill = held + embeds + rope + kv + max(layer_peak, logits_bytes + q_len * h * b)
 
     # ---- first decode step: the cache grows by one token (the cat copies one layer at a time)
-    decode = held + kv + kv_token + kv_layer + kv_work + t["vocab"] * (b + 4) * 2 + 64 * h * b
+    decode = held + kv + kv_token + kv_layer + kv_work_later + t["vocab"] * (b + 4) * 2 + 64 * h * b
 
     vision = weights + vis["pixels"] + ids + max(vis["peak"], vis["kept"] + vis["features"] + 2 * seq * h * b)
     return {

@@ -106,14 +106,24 @@ def default_configs(model) -> list[str]:
 
 
 def kv_cache_bytes(cache) -> int:
-    """Bytes held by the keys and values of a transformers Cache (what grows with visual tokens)."""
+    """Bytes held by the keys and values of a transformers Cache (what grows with visual tokens); a quantized
+    cache's layers count their quantized tensors and every tensor of their metadata (scales, zero points) too."""
     total = 0
     for layer in getattr(cache, "layers", None) or []:
-        for name in ("keys", "values"):
-            tensor = getattr(layer, name, None)
-            if tensor is not None and hasattr(tensor, "numel"):
-                total += tensor.numel() * tensor.element_size()
+        for name in ("keys", "values", "_quantized_keys", "_quantized_values"):
+            total += _tensor_bytes(getattr(layer, name, None))
     return total
+
+
+def _tensor_bytes(value) -> int:
+    """Bytes of the tensors in `value`: a tensor, or tuples / lists / dicts of them (hqq keeps (tensor, meta))."""
+    if isinstance(value, (tuple, list)):
+        return sum(_tensor_bytes(v) for v in value)
+    if isinstance(value, dict):
+        return sum(_tensor_bytes(v) for v in value.values())
+    if hasattr(value, "numel") and hasattr(value, "element_size"):
+        return value.numel() * value.element_size()
+    return 0
 
 
 def _layer_lists(model):
@@ -325,6 +335,7 @@ def _measure_row(spec: dict, model=None) -> dict:
             gen = dict(_GENERATE)
             if spec.get("prefill_chunk_size"):
                 gen["prefill_chunk_size"] = spec["prefill_chunk_size"]
+            gen.update(spec.get("generate_kwargs") or {})  # e.g. a quantized cache (benchmarks/estimator_check.py)
             with torch.inference_mode(), _StageRecorder(model, probe) as rec:
                 rec.start()
                 model.generate(**inputs, **gen)
