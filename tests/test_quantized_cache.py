@@ -139,3 +139,8 @@ def test_the_estimators_quantized_kv_term_equals_the_bytes_the_cache_holds(model
             tokens = meta["shape"][-2]
     per_token = quantized_kv_bytes_per_token(model.config, nbits, model.dtype, group=16)
     assert held == per_token * tokens
+    # the profiler's reading of a cache counts the quantized part and the full-precision residual window
+    from longctx_adapter.profiling.profiler import kv_cache_bytes
+
+    residual = sum(t.numel() * t.element_size() for layer in out.past_key_values.layers for t in (layer.keys, layer.values))
+    assert kv_cache_bytes(out.past_key_values) == held + residual
