@@ -36,12 +36,12 @@ bench: $(STAMP)
 	$(PY) -m pytest benchmarks --benchmark-enable --benchmark-columns=min,median,mean,rounds -q -p no:xdist
 	$(PY) benchmarks/report.py
 
-# bench-prefill: prefill time and time to first token, stock vs preset, truncated true-width LLaVA-OneVision-7B
-# on CPU (slow: minutes per run on 2 cores; prints a table). bench-estimator: the estimator's KV-cache and chunked
-# prefill terms against fresh-process measurements (CPU, ~30-40 min on 2 cores). frames-fit: the analytic "how many
-# frames fit" tables of docs/memory-24gb.md and docs/frames_fit.png (seconds).
+# bench-prefill: prefill time and time to first token, stock vs preset, truncated true-width LLaVA-OneVision-7B on
+# CPU at 16 and 32 frames (~20 min on 2 busy cores; --frames 16,32,64,128 for more). bench-estimator: the
+# estimator's KV-cache and chunked-prefill terms against fresh-process measurements (CPU, ~20 min on 2 busy cores).
+# frames-fit: the analytic "how many frames fit" tables of docs/memory-24gb.md and docs/frames_fit.png (seconds).
 bench-prefill: $(STAMP)
-	$(PY) benchmarks/prefill_time.py
+	$(PY) benchmarks/prefill_time.py --frames 16,32
 
 bench-estimator: $(STAMP)
 	$(PY) benchmarks/estimator_check.py

@@ -1,6 +1,6 @@
 """The estimator's KV-cache and chunked-prefill terms against measurements on CPU (a benchmark: prints tables).
 
-    .venv/bin/python benchmarks/estimator_check.py [--only layer|model] [--tokens 16384] [--frames 8]
+    .venv/bin/python benchmarks/estimator_check.py [--only layer|model] [--tokens 8192] [--frames 4]
 
 Two parts, every measurement in a fresh process (`profiling/fresh.py`) with glibc's mmap threshold at 1 MiB, peaks
 from the kernel's VmHWM reset at each boundary (`profiling/memory.py`):
@@ -13,8 +13,8 @@ from the kernel's VmHWM reset at each boundary (`profiling/memory.py`):
   update (inputs, the layer's earlier storage). Estimated: the estimator's per-layer terms for that update.
 - `model`: `generate(max_new_tokens=2)` of truncated true-width models (1 decoder + 1 vision layer, real widths from
   `profiling/sizes.py`, random weights, float32 because this CPU has no fast bf16 matmul), one synthetic video of
-  `--frames` frames: stock cache, hqq 4 bits, chunked prefill (256-token chunks), chunked prefill under a 4-bit cache. The
-  quantized rows use `residual_length=1`, so the measured first decode step is one that flushes (the step the
+  `--frames` frames: stock cache, hqq 4 bits, chunked prefill (256-token chunks), chunked prefill under a 4-bit
+  cache. The quantized rows use `residual_length=1`, so the measured first decode step is one that flushes (the step the
   estimator counts). Stage peaks are measured minus the warmed runtime (the profiler's method), compared with
   `estimate_memory` at the same truncation, in total and above the weights.
 
@@ -187,8 +187,8 @@ def run_models(frames: int, presets: list[str]) -> list[str]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", choices=("layer", "model"), default=None)
-    parser.add_argument("--tokens", type=int, default=16384, help="prompt length of the one-layer part")
-    parser.add_argument("--frames", type=int, default=8, help="video frames of the whole-model part")
+    parser.add_argument("--tokens", type=int, default=8192, help="prompt length of the one-layer part")
+    parser.add_argument("--frames", type=int, default=4, help="video frames of the whole-model part")
     parser.add_argument("--models", default="llava-onevision-7b,qwen2-vl-7b")
     args = parser.parse_args(argv)
     if args.only in (None, "layer"):
