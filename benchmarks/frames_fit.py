@@ -24,12 +24,13 @@ TABLE_SIZES = (16, 24, 40, 80)
 PLOT_SIZES = tuple(range(16, 81, 4))
 LIMIT = 1 << 14
 MODELS = (("llava-onevision-7b", "LLaVA-OneVision-7B"), ("qwen2-vl-7b", "Qwen2-VL-7B"))
-COLUMNS = (  # label, adapter preset?, prefill chunk, kv bits
-    ("stock", False, None, None),
-    ("stock + chunked prefill", False, 4096, None),
-    ("preset", True, 4096, None),
-    ("preset + 4-bit KV", True, 4096, 4),
-    ("preset + 2-bit KV", True, 4096, 2),
+COLUMNS = (  # label, adapter preset?, prefill chunk, kv bits, streamed ingestion (encode_video, what `run` does)
+    ("stock", False, None, None, False),
+    ("stock + chunked prefill", False, 4096, None, False),
+    ("preset", True, 4096, None, False),
+    ("preset, streamed", True, 4096, None, True),
+    ("streamed + 4-bit KV", True, 4096, 4, True),
+    ("streamed + 2-bit KV", True, 4096, 2, True),
 )
 
 
@@ -44,10 +45,10 @@ def _preset(config) -> dict:
 def largest(config, size_gb: int, column) -> int:
     from longctx_adapter.profiling.estimate import max_frames
 
-    _, preset, chunk, bits = column
+    _, preset, chunk, bits, streamed = column
     adapter = _preset(config) if preset else None
     return max_frames(config, 0.9 * size_gb * GIB, adapter, limit=LIMIT, device="cuda", prefill_chunk_size=chunk,
-                      kv_bits=bits)  # fmt: skip
+                      kv_bits=bits, streamed=streamed)  # fmt: skip
 
 
 def _strides(config) -> str:
