@@ -191,3 +191,21 @@ def test_estimated_sequence_length_equals_the_adapted_call(model_type):
     finally:
         hook.remove()
     assert len(seen) == 3
+
+
+def test_profile_with_a_quantized_kv_cache():
+    """kv_bits runs generate with transformers' quantized cache (hqq here) and estimates with the quantized terms:
+    the cache held after prefill shrinks in the measurement and in the estimate alike."""
+    pytest.importorskip("hqq", reason="hqq is in the dev extra")
+    model = tiny_model("llava_onevision")
+    # hqq's default group (64 values) must divide each cache tensor: 2 heads x 16 x L tokens, so L even (4 x 16 + 1
+    # visual tokens + 15 + 20 text tokens = 100)
+    kwargs = {"frames": [4], "configs": ["none"], "dtype": "fp32", "text_before": 15}
+    (full,) = profile(model, **kwargs)
+    (quant,) = profile(model, **kwargs, kv_bits=4, kv_backend="hqq")
+    assert quant["status"] == "ok"
+    assert 0 < quant["kv_bytes_measured"] < full["kv_bytes_measured"] / 4  # 4-bit values plus group scales
+    # the estimate is the estimator's quantized term (it adds a full-precision residual window of up to 128 tokens,
+    # larger than this whole 100-token prompt, so here it exceeds the full-precision cache)
+    expected = estimate_memory(model.config, 4, None, dtype="fp32", text_tokens=35, kv_bits=4, device="cpu")
+    assert quant["kv_bytes_analytic"] == expected["kv_bytes"] != full["kv_bytes_analytic"]

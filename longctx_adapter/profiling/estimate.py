@@ -44,6 +44,7 @@ __all__ = [
     "max_frames",
     "param_bytes",
     "quantize_transient_bytes",
+    "quantized_cache_kwargs",
     "quantized_kv_bytes_per_token",
 ]
 
@@ -51,6 +52,11 @@ __all__ = [
 KV_BITS = (2, 4, 8)
 #: transformers' QuantizedCache defaults: tokens kept in full precision, values per quantization group
 KV_RESIDUAL, KV_GROUP = 128, 64
+
+
+def quantized_cache_kwargs(bits: int, backend: str = "quanto") -> dict:
+    """`generate` kwargs of transformers' quantized KV cache (optimum-quanto: 2 or 4 bits; hqq: 1 to 8)."""
+    return {"cache_implementation": "quantized", "cache_config": {"backend": backend, "nbits": bits}}
 
 
 @lru_cache(maxsize=64)

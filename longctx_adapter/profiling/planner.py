@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from longctx_adapter.errors import AdapterError
 from longctx_adapter.ops.pooling import count_tokens
 from longctx_adapter.ops.stages import GridShape
-from longctx_adapter.profiling.estimate import KV_BITS, estimate_memory
+from longctx_adapter.profiling.estimate import KV_BITS, estimate_memory, quantized_cache_kwargs
 from longctx_adapter.registry import MODEL_TYPE_TO_PATCH, family_for
 
 __all__ = ["PREFILL_CHUNK", "Plan", "auto_prefill_chunk", "frame_local_chunk", "parse_memory", "plan", "quantized_cache_kwargs"]
@@ -71,11 +71,6 @@ class Plan:
         if self.kv_bits is not None:
             out.update(quantized_cache_kwargs(self.kv_bits))
         return out
-
-
-def quantized_cache_kwargs(bits: int, backend: str = "quanto") -> dict:
-    """`generate` kwargs of transformers' quantized KV cache (optimum-quanto: 2 or 4 bits; hqq: 1 to 8)."""
-    return {"cache_implementation": "quantized", "cache_config": {"backend": backend, "nbits": bits}}
 
 
 def parse_memory(text) -> int:

@@ -54,7 +54,7 @@ from longctx_adapter.config import AdapterConfig
 from longctx_adapter.errors import AdapterError
 from longctx_adapter.eval.arguments import device_name, dtype_choice, positive_int
 from longctx_adapter.profiling.dtypes import dtype_name, torch_dtype
-from longctx_adapter.profiling.estimate import estimate_memory
+from longctx_adapter.profiling.estimate import estimate_memory, quantized_cache_kwargs
 from longctx_adapter.profiling.memory import memory_probe
 
 __all__ = [
@@ -335,6 +335,8 @@ def _measure_row(spec: dict, model=None) -> dict:
             gen = dict(_GENERATE)
             if spec.get("prefill_chunk_size"):
                 gen["prefill_chunk_size"] = spec["prefill_chunk_size"]
+            if spec.get("kv_bits"):
+                gen.update(quantized_cache_kwargs(spec["kv_bits"], spec.get("kv_backend", "quanto")))
             gen.update(spec.get("generate_kwargs") or {})  # e.g. a quantized cache (benchmarks/estimator_check.py)
             with torch.inference_mode(), _StageRecorder(model, probe) as rec:
                 rec.start()
@@ -411,6 +413,8 @@ def profile(
     text_before: int = 14,
     text_after: int = 20,
     prefill_chunk_size: int | None = None,
+    kv_bits: int | None = None,
+    kv_backend: str = "quanto",
     measure: bool = True,
     measure_max_frames: int | None = None,
     load_weights: bool = False,
@@ -424,6 +428,8 @@ def profile(
     configs: any form of the config grammar (`parse_config`: shorthands, `preset`, `saved` for a folder's
         longctx_adapter.json, JSON text or files), dicts or AdapterConfigs; "none" is the stock model.
     layers / vision_layers: truncate a preset's decoder / vision tower (vision_layers defaults to layers).
+    kv_bits / kv_backend: generate with transformers' quantized KV cache (`estimate.quantized_cache_kwargs`), and
+        estimate with the estimator's quantized-cache terms.
     measure: False gives estimator-only rows (`method: estimated`), e.g. for full size on a small machine;
         `measure_max_frames=N` measures rows up to N frames and estimates the longer ones.
     progress: optional callable(row) called after each row (the CLI drives its progress bar with it).
@@ -446,7 +452,7 @@ def profile(
         "kind": kind, "model": source, "layers": layers, "vision_layers": vision_layers, "dtype": dtype,
         "device": str(device), "attn": attn_implementation, "frame_size": list(frame_size) if frame_size else None,
         "text_before": text_before, "text_after": text_after, "prefill_chunk_size": prefill_chunk_size,
-        "seed": seed, "load_weights": load_weights,
+        "kv_bits": kv_bits, "kv_backend": kv_backend, "seed": seed, "load_weights": load_weights,
     }
     in_process = kind == "model" or torch.device(device).type == "cuda"
     rows = []
@@ -542,7 +548,7 @@ def _safe_estimate(config, spec, adapter_config):
         return estimate_memory(
             config, spec["frames"], adapter_config, dtype=spec["dtype"], frame_size=spec["frame_size"],
             text_tokens=spec["text_before"] + spec["text_after"], attn=spec["attn"],
-            prefill_chunk_size=spec["prefill_chunk_size"], device=spec["device"],
+            prefill_chunk_size=spec["prefill_chunk_size"], device=spec["device"], kv_bits=spec.get("kv_bits"),
         )
     except AdapterError as err:
         return {"error": str(err)}
