@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from longctx_adapter.errors import AdapterError
+from longctx_adapter.errors import AdapterError, VideoDecodeError
 from longctx_adapter.registry import family_for
 
 __all__ = [
@@ -72,10 +72,6 @@ _INSTALL = {
     "decord": "pip install decord, or use the pyav backend",
     "torchcodec": "pip install torchcodec, or use the pyav backend",
 }
-
-
-class VideoDecodeError(AdapterError):
-    """A video file that cannot be read: missing, empty, truncated, not a video, or a backend failure."""
 
 
 class FrameCountWarning(UserWarning):
@@ -283,43 +279,17 @@ class FrameSampler:
 
 
 def _load_pyav(path, sampler) -> VideoClip:
-    """Ours, not ``transformers.video_utils.read_video_pyav``: that one takes the frame count from the header (0
-    where the container records none) and silently returns fewer frames from a truncated file; here frames are
-    counted from the packets, truncation is an error, and times come from each frame's presentation timestamp."""
+    """Frames indexed from the packets (``longctx_adapter.streaming.index_video``: truncation is an error), sampled,
+    then decoded in one pass; times come from each frame's presentation timestamp."""
     import av
 
-    try:
-        container = av.open(path, mode="r", metadata_errors="ignore")
-    except Exception as exc:
-        raise VideoDecodeError(f"cannot open {path} as a video ({type(exc).__name__}: {exc})") from exc
-    with container:
-        if not container.streams.video:
-            raise VideoDecodeError(f"{path} has no video stream")
-        stream = container.streams.video[0]
-        base = stream.time_base
-        # Pass 1: list the frames from packet timestamps (demux only, no decoding).
-        pts = []
-        try:
-            for packet in container.demux(stream):
-                if packet.size and packet.pts is not None:
-                    pts.append(int(packet.pts))
-        except Exception as exc:
-            raise VideoDecodeError(f"{path} is truncated or corrupt: reading packets failed ({exc})") from exc
-        rate = float(stream.average_rate) if stream.average_rate else None
-        if not pts:
-            raise VideoDecodeError(f"{path} holds no video frames")
-        declared = int(stream.frames or 0)  # the container's own frame count (0: not recorded)
-        if declared and len(pts) < declared:
-            raise VideoDecodeError(
-                f"{path} is truncated: its header declares {declared} frames but only {len(pts)} are in the file"
-            )
-        pts = sorted(set(pts))
-        seconds = np.array([(p - pts[0]) * base for p in pts], dtype=np.float64) if base else None
-        times = seconds if seconds is not None else np.arange(len(pts)) / (rate or 1.0)
-        indices = sampler(times, rate)
-        wanted: dict[int, list[int]] = {}
-        for out_pos, i in enumerate(indices.tolist()):
-            wanted.setdefault(pts[i], []).append(out_pos)
+    from longctx_adapter.streaming import index_video
+
+    pts, times, rate = index_video(path)
+    indices = sampler(times, rate)
+    wanted: dict[int, list[int]] = {}
+    for out_pos, i in enumerate(indices.tolist()):
+        wanted.setdefault(pts[i], []).append(out_pos)
     # Pass 2: decode once from the start (a fresh demuxer), keeping the wanted frames.
     frames: list[np.ndarray | None] = [None] * len(indices)
     remaining = len(wanted)

@@ -21,11 +21,11 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 import torch
 
-from longctx_adapter.errors import AdapterError
+from longctx_adapter.errors import AdapterError, VideoDecodeError
 from longctx_adapter.hooks.handle import handle_of
 from longctx_adapter.hooks.streaming import EncodedVideo, StreamEncoder, stream_plan
 
-__all__ = ["EncodedVideo", "FrameStream", "encode_video"]
+__all__ = ["EncodedVideo", "FrameStream", "encode_video", "index_video"]
 
 
 def encode_video(
@@ -155,6 +155,44 @@ def _chunks(frames, plan) -> Iterator:
         yield _stack(buffer)
 
 
+def index_video(path) -> tuple[list[int], np.ndarray, float | None]:
+    """Pass 1 of a PyAV decode: the frames' presentation timestamps from the packets (demux only, no decoding), their
+    times in seconds from the first frame, and the stream's average rate.
+
+    Ours, not ``transformers.video_utils.read_video_pyav``: that one takes the frame count from the header (0 where
+    the container records none) and silently returns fewer frames from a truncated file; here frames are counted
+    from the packets and a file with fewer than its header declares is an error."""
+    import av
+
+    try:
+        container = av.open(path, mode="r", metadata_errors="ignore")
+    except Exception as exc:  # PyAV's own error types
+        raise VideoDecodeError(f"cannot open {path} as a video ({type(exc).__name__}: {exc})") from exc
+    with container:
+        if not container.streams.video:
+            raise VideoDecodeError(f"{path} has no video stream")
+        stream = container.streams.video[0]
+        base = stream.time_base
+        pts = []
+        try:
+            for packet in container.demux(stream):
+                if packet.size and packet.pts is not None:
+                    pts.append(int(packet.pts))
+        except Exception as exc:
+            raise VideoDecodeError(f"{path} is truncated or corrupt: reading packets failed ({exc})") from exc
+        rate = float(stream.average_rate) if stream.average_rate else None
+        if not pts:
+            raise VideoDecodeError(f"{path} holds no video frames")
+        declared = int(stream.frames or 0)  # the container's own frame count (0: not recorded)
+        if declared and len(pts) < declared:
+            raise VideoDecodeError(
+                f"{path} is truncated: its header declares {declared} frames but only {len(pts)} are in the file"
+            )
+    pts = sorted(set(pts))
+    times = np.array([(p - pts[0]) * base for p in pts], dtype=np.float64) if base else np.arange(len(pts)) / (rate or 1.0)
+    return pts, times, rate
+
+
 class FrameStream:
     """A video file decoded with PyAV one chunk of frames at a time (the frames never all exist at once).
 
@@ -165,26 +203,10 @@ class FrameStream:
     """
 
     def __init__(self, path, chunk_frames: int, *, num_frames: int | None = None, pick=None):
-        import av
-
         self.path, self.chunk_frames = os.fspath(path), int(chunk_frames)
         if not os.path.isfile(self.path):
-            raise AdapterError(f"video file not found: {self.path}")
-        try:
-            with av.open(self.path, mode="r", metadata_errors="ignore") as container:
-                if not container.streams.video:
-                    raise AdapterError(f"{self.path} has no video stream")
-                stream = container.streams.video[0]
-                pts = sorted({int(p.pts) for p in container.demux(stream) if p.size and p.pts is not None})
-                base, rate = stream.time_base, stream.average_rate
-        except AdapterError:
-            raise
-        except Exception as exc:  # PyAV's own error types
-            raise AdapterError(f"cannot read {self.path} as a video ({type(exc).__name__}: {exc})") from exc
-        if not pts:
-            raise AdapterError(f"{self.path} holds no video frames")
-        self.fps = float(rate) if rate else None
-        times = np.array([float((p - pts[0]) * base) for p in pts]) if base else np.arange(len(pts)) / (self.fps or 1)
+            raise VideoDecodeError(f"video file not found: {self.path}")
+        pts, times, self.fps = index_video(self.path)
         if pick is not None:
             indices = np.asarray(pick(times, self.fps), dtype=np.int64)
         elif num_frames is not None:
@@ -220,6 +242,6 @@ class FrameStream:
                 if position == len(wanted):
                     break
         if position < len(wanted):
-            raise AdapterError(f"{self.path} is truncated or corrupt: {len(wanted) - position} sampled frames missing")
+            raise VideoDecodeError(f"{self.path} is truncated or corrupt: {len(wanted) - position} sampled frames missing")
         if chunk:
             yield np.stack(chunk)
