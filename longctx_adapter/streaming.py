@@ -35,6 +35,7 @@ def encode_video(
     *,
     chunk_frames: int | None = None,
     num_frames: int | None = None,
+    total_frames: int | None = None,
     fps: float | None = None,
     timestamps=None,
 ) -> EncodedVideo:
@@ -42,6 +43,8 @@ def encode_video(
 
     chunk_frames: input frames per chunk (default: the adapter's vision_chunk_frames); the pooling stages must be
     frame-local at that size. num_frames: for a file path, frames sampled uniformly (default every frame).
+    total_frames: the video's frame count when `frames` is a generator and the video processor sizes frames by the
+    whole video (Qwen3-VL); a file, an array or a list gives it itself.
     fps / timestamps: the sampled frames' rate or times in seconds (Qwen-VL's temporal ids need them; a file
     gives them itself).
     """
@@ -63,6 +66,7 @@ def encode_video(
     if video_processor is None:
         raise AdapterError(f"{type(processor).__name__} has no video_processor; pass the model's own processor")
     _check_processor(video_processor)
+    sizer = _WholeVideoSize.for_processor(video_processor, _frame_count(frames, total_frames))
 
     def processor_kwargs(count: int) -> dict:
         if family.processor_kwargs is None:
@@ -73,16 +77,24 @@ def encode_video(
     device, dtype = _pixel_target(model)
     first = None
     for chunk in _chunks(frames, plan):
-        if first is None:
+        if first is None and not family.blocks_per_frame:
             first = _copy(chunk[: plan.step])  # the prompt's layout comes from one temporal patch of frames
-        out = video_processor(videos=[chunk], return_tensors="pt", **processor_kwargs(len(chunk)))
+        count = len(chunk)
+        size_kwargs = {}
+        if sizer is not None:
+            chunk, size_kwargs = sizer(chunk)
+        out = video_processor(videos=[chunk], return_tensors="pt", **size_kwargs, **processor_kwargs(count))
         kwargs = {k: out[k] for k in ("pixel_values_videos", "video_grid_thw") if k in out}
         kwargs["pixel_values_videos"] = kwargs["pixel_values_videos"].to(device=device, dtype=dtype)
         if "video_grid_thw" in kwargs:
             kwargs["video_grid_thw"] = kwargs["video_grid_thw"].to(device)
-        encoder.add(kwargs, len(chunk))
+        encoder.add(kwargs, count)
         out = kwargs = chunk = None  # this chunk's pixels: freed before the next chunk is decoded
-    return encoder.finish(prompt_frames=first, processor=processor, processor_kwargs=processor_kwargs(plan.step))
+    if sizer is not None:
+        sizer.check_count(encoder.frames)
+    # Qwen3-VL's prompt holds a timestamped block per grid frame: its layout needs the whole video's metadata
+    prompt_count = encoder.frames if family.blocks_per_frame else plan.step
+    return encoder.finish(prompt_frames=first, processor=processor, processor_kwargs=processor_kwargs(prompt_count))
 
 
 def _rate(timestamps) -> float | None:
@@ -100,6 +112,106 @@ def _check_processor(video_processor) -> None:
             "(cap_pixels_per_frame=True), which a chunk cannot know; set video_processor.cap_pixels_per_frame = False "
             "(bound frames with min_pixels/max_pixels instead) or pass pixels to generate"
         )
+
+
+def _frame_count(frames, total_frames: int | None) -> int | None:
+    """The video's frame count before any frame is decoded, where the input tells it (None: unknown)."""
+    bad = isinstance(total_frames, bool) or not isinstance(total_frames, int) or total_frames < 1
+    if total_frames is not None and bad:
+        raise AdapterError(f"total_frames must be a positive int, got {total_frames!r}")
+    known = None
+    if isinstance(frames, FrameStream):
+        known = len(frames)
+    elif isinstance(frames, (np.ndarray, torch.Tensor)):
+        known = int(frames.shape[0]) if frames.ndim == 4 else None
+    elif isinstance(frames, (list, tuple)) and all(getattr(item, "ndim", None) in (3, 4) for item in frames):
+        known = sum(1 if item.ndim == 3 else int(item.shape[0]) for item in frames)
+    if known is not None and total_frames is not None and known != total_frames:
+        raise AdapterError(f"total_frames={total_frames} but the frames given hold {known}; drop total_frames")
+    return known if known is not None else total_frames
+
+
+class _WholeVideoSize:
+    """Every chunk at the frame size the whole video gets, for a video processor whose pixel budget is shared by all
+    frames (Qwen3-VL: `smart_resize(num_frames, ...)` bounds t*h*w), so a chunk alone would be sized differently.
+
+    The size is HF's own `smart_resize` for the whole video's frame count (checked against the processor's
+    `get_num_of_video_patches`); each chunk is resized with the same torchvision resize the processor applies and
+    then processed with `do_resize=False`, so its pixels equal the one-shot call's."""
+
+    def __init__(self, video_processor, total_frames: int):
+        self.video_processor, self.total_frames, self.size = video_processor, total_frames, None
+
+    @classmethod
+    def for_processor(cls, video_processor, total_frames: int | None):
+        try:
+            from transformers import Qwen3VLVideoProcessor
+        except ImportError:  # a transformers without Qwen3-VL
+            return None
+        if not isinstance(video_processor, Qwen3VLVideoProcessor) or not video_processor.do_resize:
+            return None
+        if total_frames is None:
+            raise AdapterError(
+                f"{type(video_processor).__name__} sizes every frame by a pixel budget shared by the whole video, so "
+                "encode_video needs the frame count before the first chunk: pass total_frames= with a generator of "
+                "frames, or pass a file path, a (T, H, W, 3) array or a list of frames"
+            )
+        return cls(video_processor, total_frames)
+
+    def _target(self, height: int, width: int) -> tuple[int, int]:
+        from transformers.models.qwen3_vl.video_processing_qwen3_vl import smart_resize
+
+        vp = self.video_processor
+        size = vp.size
+        try:
+            target = smart_resize(
+                self.total_frames,
+                height,
+                width,
+                temporal_factor=vp.temporal_patch_size,
+                factor=vp.patch_size * vp.merge_size,
+                min_pixels=size["shortest_edge"],
+                max_pixels=size["longest_edge"],
+            )
+            expected = vp.get_num_of_video_patches(self.total_frames, height, width)
+        except ValueError as exc:  # e.g. fewer frames than one temporal patch
+            raise AdapterError(f"the video processor refuses this video ({exc})") from exc
+        grid_t = -(-self.total_frames // vp.temporal_patch_size)
+        if grid_t * (target[0] // vp.patch_size) * (target[1] // vp.patch_size) != expected:
+            raise AdapterError(
+                f"internal: the whole video's frame size {target} disagrees with {type(vp).__name__}'s patch count "
+                f"({expected}); pass pixels to generate"
+            )
+        return target
+
+    def __call__(self, chunk) -> tuple:
+        """(the chunk resized as channels-first torch frames, the processor kwargs that keep that size)."""
+        from transformers import Qwen3VLVideoProcessor
+        from transformers.image_utils import ChannelDimension, SizeDict, infer_channel_dimension_format
+
+        frames = torch.from_numpy(np.ascontiguousarray(chunk)) if isinstance(chunk, np.ndarray) else chunk
+        if infer_channel_dimension_format(frames) == ChannelDimension.LAST:
+            frames = frames.permute(0, 3, 1, 2).contiguous()
+        height, width = (int(v) for v in frames.shape[-2:])
+        if self.size is None:
+            self.size = (height, width), self._target(height, width)
+        elif self.size[0] != (height, width):
+            raise AdapterError(
+                f"the frames of one video must share one size; a chunk has {height}x{width} frames after "
+                f"{self.size[0][0]}x{self.size[0][1]}"
+            )
+        (height, width), vp = self.size[1], self.video_processor
+        # the resize Qwen3VLVideoProcessor.resize itself delegates to, at the whole video's size
+        resize = super(Qwen3VLVideoProcessor, vp).resize
+        frames = resize(image=frames, size=SizeDict(height=height, width=width), resample=vp.resample)
+        return frames, {"do_resize": False, "input_data_format": ChannelDimension.FIRST}
+
+    def check_count(self, frames: int) -> None:
+        if frames != self.total_frames:
+            raise AdapterError(
+                f"total_frames={self.total_frames} but the frames held {frames}; every chunk was sized for "
+                f"{self.total_frames} frames, so pass the true count"
+            )
 
 
 def _pixel_target(model) -> tuple:

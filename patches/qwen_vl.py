@@ -132,7 +132,7 @@ def frame_blocks(model, row_ids, runs) -> list[tuple[int | None, int]]:
 
 def pack(template, features, side_features=()):
     template.pooler_output = tuple(features)
-    if side_features and getattr(template, "deepstack_features", None) is not None:
+    if side_features:  # Qwen3-VL's DeepStack features (a streamed video's template starts without them)
         layers = len(side_features[0])
         template.deepstack_features = [tuple(video[layer] for video in side_features) for layer in range(layers)]
     return template

@@ -12,6 +12,7 @@ from longctx_adapter.testing.tiny import synthetic_video, tiny_model, tiny_proce
 from longctx_adapter.testing.tiny_qwen import qwen_tiny_model, qwen_tiny_processor
 
 PROMPT = "user <video> what color is the frame assistant"
+QWEN3_PROMPT = "user <|vision_start|><video><|vision_end|> what color is the frame assistant"  # as its template writes
 FPS = 2.0
 # family -> (pooling, chunk_frames, frames, rope visual window in tokens): frames leave a short last chunk
 CASES = {
@@ -19,6 +20,7 @@ CASES = {
     "llava_next_video": ({"type": "progressive", "group": 2, "strides": [1, 2]}, 4, 10, 64),
     "qwen2_vl": ({"type": "progressive", "group": 2, "strides": [1, 2]}, 4, 12, 4),
     "qwen2_5_vl": ([{"type": "temporal", "kernel": 2}, {"type": "progressive", "group": 1, "strides": [2]}], 8, 14, 4),  # last chunk joins
+    "qwen3_vl": ({"type": "progressive", "group": 2, "strides": [1, 2]}, 4, 13, 4),  # blocks merged, 1-frame chunk
 }
 
 
@@ -26,6 +28,10 @@ def _model_and_processor(model_type):
     if model_type.startswith("qwen"):
         return qwen_tiny_model(model_type), qwen_tiny_processor(model_type)
     return tiny_model(model_type), tiny_processor(model_type)
+
+
+def _prompt(model_type):
+    return QWEN3_PROMPT if model_type == "qwen3_vl" else PROMPT
 
 
 def _video(model_type, frames):
@@ -45,15 +51,16 @@ def test_streamed_equals_one_shot(model_type):
     video = _video(model_type, frames)
     config = {"pooling": pooling, "vision_chunk_frames": chunk, "rope": {"type": "yarn", "visual_window": window}}
     handle = apply_adapter(model, config)
-    one_shot = proc(text=[PROMPT], videos=[video], return_tensors="pt", **_processor_kwargs(model_type, frames))
+    prompt = _prompt(model_type)
+    one_shot = proc(text=[prompt], videos=[video], return_tensors="pt", **_processor_kwargs(model_type, frames))
     with torch.no_grad():
         ref_logits = model(**one_shot).logits
         ref_stats = handle.last_stats
         ref_tokens = model.generate(**one_shot, max_new_tokens=4, do_sample=False)
 
     pieces = [video[i : i + 3] for i in range(0, frames, 3)]  # cut unlike the chunks: re-chunked inside
-    encoded = encode_video(model, iter(pieces), processor=proc, fps=FPS)
-    inputs = encoded.inputs(PROMPT)
+    encoded = encode_video(model, pieces, processor=proc, fps=FPS)
+    inputs = encoded.inputs(prompt)
     for key, value in one_shot.items():  # the call equals the processor's on the whole video, pixels aside
         if key != "pixel_values_videos":
             assert torch.equal(inputs[key], value), key
@@ -125,10 +132,75 @@ def test_refusals(onevision):
 
 
 def test_families_without_streaming():
-    for model_type, match in (("llava", "separate images"), ("qwen3_vl", "does not support 'qwen3_vl'")):
-        model = qwen_tiny_model(model_type) if model_type.startswith("qwen") else tiny_model(model_type)
-        with apply_adapter(model, {"pooling": {"type": "progressive", "group": 2, "strides": [1, 2]}}):
-            _refuses(match, encode_video, model, np.zeros((4, 32, 32, 3), np.uint8), processor=None, chunk_frames=4)
+    model = tiny_model("llava")
+    with apply_adapter(model, {"pooling": {"type": "progressive", "group": 2, "strides": [1, 2]}}):
+        video = np.zeros((4, 32, 32, 3), np.uint8)
+        _refuses("separate images", encode_video, model, video, processor=None, chunk_frames=4)
+
+
+QWEN3_POOLING = {"type": "progressive", "group": 2, "strides": [1, 2]}
+# (video processor size, frame side, frames): the whole video's pixel budget sizes every frame, and a chunk of 4
+# frames alone would get another size: the max budget binds for the whole video only (48 -> 32 px), or the min
+# budget binds for a chunk only (a chunk would grow 32 -> 48 px)
+BUDGETS = {
+    "max_binds_whole_video": ({"shortest_edge": 2 * 1024, "longest_edge": 16 * 1024}, 48, 16),
+    "min_binds_chunk": ({"shortest_edge": 8 * 1024, "longest_edge": 64 * 1024}, 32, 15),
+}
+
+
+def _qwen3_with_size(size):
+    model, proc = _model_and_processor("qwen3_vl")
+    proc.video_processor.size = size
+    return model, proc
+
+
+@pytest.mark.parametrize("budget", sorted(BUDGETS))
+def test_qwen3_chunks_get_the_whole_videos_frame_size(budget):
+    """Qwen3-VL's video processor sizes frames by a pixel budget over all frames; every streamed chunk gets the whole
+    video's size, so pixels equal the one-shot call's bit for bit and logits equal one-shot's."""
+    from longctx_adapter.streaming import _WholeVideoSize
+
+    size, side, frames = BUDGETS[budget]
+    model, proc = _qwen3_with_size(size)
+    vp = proc.video_processor
+    video = synthetic_video(frames, side, side, seed=5)
+    kwargs = _processor_kwargs("qwen3_vl", frames)
+    one_shot = proc(text=[QWEN3_PROMPT], videos=[video], return_tensors="pt", **kwargs)
+    alone = vp(videos=[video[:4]], return_tensors="pt", **_processor_kwargs("qwen3_vl", 4))["video_grid_thw"]
+    assert alone[0, 1:].tolist() != one_shot["video_grid_thw"][0, 1:].tolist()  # the budget does bind
+
+    sizer = _WholeVideoSize(vp, frames)
+    pixels = []
+    for start in range(0, frames, 4):
+        chunk, size_kwargs = sizer(video[start : start + 4])
+        count = min(4, frames - start)
+        out = vp(videos=[chunk], return_tensors="pt", **size_kwargs, **_processor_kwargs("qwen3_vl", count))
+        pixels.append(out["pixel_values_videos"])
+    assert torch.equal(torch.cat(pixels), one_shot["pixel_values_videos"])
+
+    config = {"pooling": QWEN3_POOLING, "vision_chunk_frames": 4}
+    apply_adapter(model, config)
+    pieces = (video[i : i + 3] for i in range(0, frames, 3))  # a generator: the frame count is given
+    inputs = encode_video(model, pieces, processor=proc, fps=FPS, total_frames=frames).inputs(QWEN3_PROMPT)
+    for key, value in one_shot.items():
+        if key != "pixel_values_videos":
+            assert torch.equal(inputs[key], value), key
+    with torch.no_grad():
+        torch.testing.assert_close(model(**inputs).logits, model(**one_shot).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_qwen3_refusals():
+    model, proc = _qwen3_with_size(BUDGETS["max_binds_whole_video"][0])
+    video = synthetic_video(8, 48, 48, seed=5)
+    with apply_adapter(model, {"pooling": QWEN3_POOLING, "vision_chunk_frames": 4}):
+        _refuses("pass total_frames=", encode_video, model, iter([video]), processor=proc, fps=FPS)
+        _refuses("pass the true count", encode_video, model, iter([video]), processor=proc, fps=FPS, total_frames=12)
+        _refuses("drop total_frames", encode_video, model, video, processor=proc, fps=FPS, total_frames=12)
+        _refuses("share one size", encode_video, model, [video[:4], video[4:, :32, :32]], processor=proc, fps=FPS)
+        encoded = encode_video(model, video, processor=proc, fps=FPS)
+        _refuses("exactly once", encoded.inputs, "user <video> and <video> assistant")
+        proc.video_processor.cap_pixels_per_frame = True  # a per-frame cap: refused as for every family
+        _refuses("cap_pixels_per_frame", encode_video, model, video, processor=proc, fps=FPS)
 
 
 def test_qwen_chunk_must_hold_whole_temporal_patches_and_frame_sizes_must_not_depend_on_the_video():

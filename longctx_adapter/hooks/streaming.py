@@ -44,13 +44,7 @@ def stream_plan(family, model_config, config, chunk_frames: int | None) -> Strea
     if family.split_video is None:
         raise AdapterError(
             f"encode_video needs a model that takes a video as one tensor; {model_type!r} takes frames as separate "
-            f"images. It works for {families_where(lambda f: f.split_video is not None and not f.blocks_per_frame)}"
-        )
-    if family.blocks_per_frame:
-        raise AdapterError(
-            f"encode_video does not support {model_type!r} yet: its prompt holds one timestamped block per frame, "
-            "which streaming cannot lay out; pass the processor's pixels to generate (vision_chunk_frames still "
-            "keeps the encoder flat)"
+            f"images. It works for {families_where(lambda f: f.split_video is not None)}"
         )
     if config is None or not config.pooling:
         raise AdapterError(
@@ -80,7 +74,8 @@ class EncodedVideo:
     """One video encoded and pooled ahead of the call; pass it to the adapted model as `encoded_video=`.
 
     `inputs(text)` builds the rest of the call (input_ids with the video's placeholder run at the stock length,
-    Qwen's grid and token types) from a prompt holding the family's video placeholder once.
+    Qwen's grid and token types) from a prompt holding the family's video placeholder once. Qwen3-VL's prompt (one
+    timestamped block per grid frame) is the processor's own expansion of the whole video's grid and metadata.
     """
 
     segment: ChunkedSegment
@@ -89,6 +84,7 @@ class EncodedVideo:
     pooling: tuple  # the stages it was pooled with: the call's adapter must use the same
     call_tensors: dict = field(default_factory=dict)  # per-video tensors the call needs (Qwen: video_grid_thw)
     prompt_frames: object = None  # the first temporal patch of frames: the processor lays out the prompt from it
+    # (None for Qwen3-VL, whose prompt is expanded from video_grid_thw and processor_kwargs' video_metadata)
     processor: object = None
     processor_kwargs: dict = field(default_factory=dict)
     model_ref: object = None  # weakref to the model it was encoded for
@@ -124,6 +120,9 @@ class EncodedVideo:
             raise AdapterError("the model this video was encoded for no longer exists; encode the video again")
         kwargs = {**self.processor_kwargs, **processor_kwargs}
         once = "the prompt must hold the video placeholder exactly once, as the chat template writes one video"
+        family = family_for(model.config.model_type)
+        if family.blocks_per_frame:
+            return self._frame_block_inputs(processor, model, text, kwargs, once)
         try:
             out = processor(text=[text], videos=[self.prompt_frames], return_tensors="pt", **kwargs)
         except ValueError as exc:  # e.g. the processor counting placeholders against the one video
@@ -132,7 +131,6 @@ class EncodedVideo:
         runs = find_runs(ids, model.config.video_token_id)
         if len(runs) != 1:
             raise AdapterError(f"{once}; it gave {len(runs)} video placeholder runs")
-        family = family_for(model.config.model_type)
         extra = {name: (out[name], *fills) for name, fills in family.token_tensors.items() if name in out}
         # one row: nothing to re-pad
         rewritten = resize_runs(ids, runs, [self.stock_tokens], attention_mask=out.get("attention_mask"), extra=extra)
@@ -145,6 +143,43 @@ class EncodedVideo:
         data["encoded_video"] = self
         from transformers import BatchFeature
 
+        return BatchFeature(data)
+
+    def _frame_block_inputs(self, processor, model, text: str, kwargs: dict, once: str):
+        """Qwen3-VL: the processor writes one `<t seconds><|vision_start|> ... <|vision_end|>` block per grid frame,
+        from the grid and the whole video's metadata alone (`replace_video_token`); the expanded text is tokenized
+        and typed as the processor's own call does (`get_text_with_replacements`, its tokenizer,
+        `create_mm_token_type_ids`), since calling it with the expanded text and no video is refused."""
+        import copy
+
+        from transformers import BatchFeature
+
+        kwargs = dict(kwargs)
+        metadata = kwargs.pop("video_metadata", None)
+        kwargs.pop("do_sample_frames", None)
+        if metadata is None:
+            raise AdapterError("EncodedVideo.inputs needs the video's metadata (video_metadata=) for its timestamps")
+        video_token = getattr(processor, "video_token", None)
+        if video_token is None or not hasattr(processor, "replace_video_token"):
+            raise AdapterError(f"{type(processor).__name__} cannot lay out a video prompt; pass the model's processor")
+        if text.count(video_token) != 1:
+            raise AdapterError(f"{once}; it holds {video_token!r} {text.count(video_token)} times")
+        grid = self.call_tensors["video_grid_thw"]
+        video = {"video_grid_thw": grid, "video_metadata": copy.deepcopy(list(metadata))}  # HF edits the metadata
+        replacement = processor.replace_video_token(video, video_idx=0)
+        expanded, _ = processor.get_text_with_replacements([text], [], [replacement], [])
+        tokens = processor.tokenizer(expanded, return_tensors="pt", **kwargs)
+        ids = tokens["input_ids"]
+        runs = find_runs(ids, model.config.video_token_id)
+        if len(runs) != int(grid[0, 0]) or sum(run.length for run in runs) != self.stock_tokens:
+            raise AdapterError(
+                f"internal: the processor laid out {len(runs)} frame blocks of {sum(r.length for r in runs)} "
+                f"placeholders for a video of {int(grid[0, 0])} grid frames and {self.stock_tokens} tokens"
+            )
+        data = {"input_ids": ids, "attention_mask": tokens.get("attention_mask", torch.ones_like(ids))}
+        data["mm_token_type_ids"] = torch.tensor(processor.create_mm_token_type_ids(ids), dtype=torch.long)
+        data.update(self.call_tensors)
+        data["encoded_video"] = self
         return BatchFeature(data)
 
     def __repr__(self) -> str:

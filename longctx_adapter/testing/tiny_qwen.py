@@ -204,25 +204,57 @@ def qwen_hand_inputs(
     return out
 
 
+# Qwen3-VL's video budget is over all frames (t*h*w): from one temporal patch to QWEN3_VIDEO_FRAMES frames of
+# PATCH * PATCH_GRID pixels per side, so 32x32 videos of 2 to 64 frames keep their size (the (t, 8, 8) grid).
+QWEN3_VIDEO_FRAMES = 64
+
+
 def qwen_tiny_processor(model_type: str):
-    """The real HF Qwen2-VL / Qwen2.5-VL processor on the tiny tokenizer, sized for the tiny models: a frame of
-    `PATCH * PATCH_GRID` pixels per side (smaller or larger frames are resized to it) gives the (8, 8) patch grid
-    of :func:`qwen_hand_inputs`. The tiny tokenizer's `<video>` is the video placeholder; a prompt needs no
-    vision markers around it (Qwen-VL's positions follow `mm_token_type_ids`)."""
-    from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor
+    """The real HF Qwen2-VL / Qwen2.5-VL / Qwen3-VL processor on the tiny tokenizer, sized for the tiny models.
 
-    from longctx_adapter.testing.tiny import CHAT_TEMPLATE, IMAGE_TOKEN, VIDEO_TOKEN, tiny_tokenizer
+    Qwen2/2.5-VL: a frame of `PATCH * PATCH_GRID` pixels per side (smaller or larger frames are resized to it)
+    gives the (8, 8) patch grid of :func:`qwen_hand_inputs`; a prompt needs no vision markers around `<video>`.
+    Qwen3-VL: the video processor's pixel budget is shared by all frames (size shortest_edge / longest_edge bound
+    t*h*w): `{"shortest_edge": 2 * 32 * 32, "longest_edge": QWEN3_VIDEO_FRAMES * 32 * 32}` keeps 32x32 frames at
+    32x32 (the (t, 8, 8) grid) for 2 to 64 frames, and resizes larger or longer videos. Its prompt writes
+    `<|vision_start|><video><|vision_end|>` (the chat template does), which the per-frame block rewrite relies on;
+    the tiny tokenizer learns those markers as special tokens, at the ids the tiny config uses."""
+    from transformers import (
+        Qwen2_5_VLProcessor,
+        Qwen2VLImageProcessor,
+        Qwen2VLProcessor,
+        Qwen2VLVideoProcessor,
+        Qwen3VLProcessor,
+        Qwen3VLVideoProcessor,
+    )
 
-    classes = {"qwen2_vl": Qwen2VLProcessor, "qwen2_5_vl": Qwen2_5_VLProcessor}
+    from longctx_adapter.testing.tiny import (
+        CHAT_TEMPLATE,
+        IMAGE_TOKEN,
+        VIDEO_TOKEN,
+        VISION_END,
+        VISION_START,
+        tiny_tokenizer,
+    )
+
+    classes = {"qwen2_vl": Qwen2VLProcessor, "qwen2_5_vl": Qwen2_5_VLProcessor, "qwen3_vl": Qwen3VLProcessor}
     if model_type not in classes:
         raise ValueError(f"no tiny Qwen processor for {model_type!r}; known: {sorted(classes)}")
     tok = tiny_tokenizer()
     tok.image_token, tok.video_token = IMAGE_TOKEN, VIDEO_TOKEN
     pixels = (PATCH * PATCH_GRID) ** 2
     sizes = dict(patch_size=PATCH, temporal_patch_size=TEMPORAL_PATCH, merge_size=MERGE)
+    image_processor = Qwen2VLImageProcessor(**sizes, min_pixels=pixels, max_pixels=pixels)
+    if model_type == "qwen3_vl":
+        tok.add_tokens([VISION_START, VISION_END], special_tokens=True)  # already words: they keep their ids
+        budget = {"shortest_edge": TEMPORAL_PATCH * pixels, "longest_edge": QWEN3_VIDEO_FRAMES * pixels}
+        video_processor = Qwen3VLVideoProcessor(**sizes, size=budget, cap_pixels_per_frame=False)
+        template = CHAT_TEMPLATE.replace(VIDEO_TOKEN, VISION_START + VIDEO_TOKEN + VISION_END)
+    else:
+        video_processor = Qwen2VLVideoProcessor(
+            **sizes, min_pixels=pixels, max_pixels=pixels, cap_pixels_per_frame=False
+        )
+        template = CHAT_TEMPLATE
     return classes[model_type](
-        image_processor=Qwen2VLImageProcessor(**sizes, min_pixels=pixels, max_pixels=pixels),
-        tokenizer=tok,
-        video_processor=Qwen2VLVideoProcessor(**sizes, min_pixels=pixels, max_pixels=pixels, cap_pixels_per_frame=False),
-        chat_template=CHAT_TEMPLATE,
+        image_processor=image_processor, tokenizer=tok, video_processor=video_processor, chat_template=template
     )
