@@ -134,3 +134,26 @@ def test_streamed_ingestion_is_flat_in_frames_apart_from_the_pooled_features(one
     assert plan(onevision, 1024, "24GB", device="cuda")[0].streamed
     fed_whole, tried = plan(onevision, 1024, "24GB", device="cuda", streamed=False)
     assert not any(c.streamed for c in tried) and fed_whole.visual_tokens <= 69377
+
+
+def test_qwen3_vl_streams_with_its_frame_block_text():
+    """Qwen3-VL streams like the other video-tensor families; the streamed estimate keeps the prompt the call sees:
+    the text, the pooled visual tokens and the block text (timestamp and markers) of every frame block pooling
+    keeps, as one-shot does."""
+    from longctx_adapter.ops.pooling import pooled_shape
+    from longctx_adapter.registry import family_for
+
+    qwen3 = real_config("qwen3-vl-8b")
+    family = family_for("qwen3_vl")
+    adapter = {"pooling": [{"type": "temporal", "kernel": 2}, {"type": "progressive", "group": 1, "strides": [2]}],
+               "vision_chunk_frames": 16}
+    streamed = estimate_memory(qwen3, 256, adapter, device="cuda", streamed=True, text_tokens=34)
+    one_shot = estimate_memory(qwen3, 256, adapter, device="cuda", text_tokens=34)
+    v = qwen3.vision_config
+    side = family.frame_size[0] // v.patch_size // v.spatial_merge_size
+    blocks = pooled_shape(256 // v.temporal_patch_size, side, side, adapter["pooling"]).frames
+    assert blocks < 256 // v.temporal_patch_size  # frames merged: their blocks' text is gone
+    assert streamed["seq_len"] == one_shot["seq_len"] == 34 + streamed["visual_tokens_after"] + family.marker_tokens(blocks)
+    assert streamed["pixels_bytes"] < one_shot["pixels_bytes"] and streamed["peak_bytes"] < one_shot["peak_bytes"]
+    chosen, _ = plan(qwen3, 2048, "24GB", device="cuda")
+    assert chosen.streamed and chosen.adapter_config["vision_chunk_frames"] is not None

@@ -266,7 +266,7 @@ PROCESSOR_FLOAT_COPIES = 2
 
 
 def _check_streamed(family, config, stages, chunk) -> None:
-    if not stages or not chunk or family.split_video is None or family.blocks_per_frame:
+    if not stages or not chunk or family.split_video is None:
         raise AdapterError(
             "streamed ingestion needs pooling stages, vision_chunk_frames and a family encode_video supports"
         )

@@ -151,7 +151,7 @@ def plan(
     usable = int(parse_memory(memory) * (1 - reserve))
     shape = _video_shape(config, family, frames)
     stock_tokens = family.stock_tokens(config, frames, family.frame_size)
-    streams = streamed and family.split_video is not None and not family.blocks_per_frame  # encode_video's families
+    streams = streamed and family.split_video is not None  # encode_video's families
     tried: list[Plan] = []
 
     def attempt(step, stages, prefill, bits) -> Plan | None:
