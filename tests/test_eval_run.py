@@ -94,3 +94,23 @@ def test_run_streams_ingestion_when_the_pooling_is_frame_local(checkpoint, video
     run_question(checkpoint, video, "what is it ?", frames=8, max_new_tokens=1, out=out,
                  config='{"pooling": {"type": "adaptive3d", "output": [2, 3, 3]}, "vision_chunk_frames": 4}')
     assert "ingestion     : one-shot (encode_video pools each chunk of 4 frames on its own" in out.getvalue()
+
+
+def test_run_streams_qwen3_vl(tmp_path):
+    """Qwen3-VL streams too (one timestamped block per frame, frames sized by the whole video): the one-shot answer,
+    token counts and timestamps."""
+    from longctx_adapter.testing.tiny_qwen import qwen_tiny_model, qwen_tiny_processor
+
+    folder = tmp_path / "qwen3"
+    qwen_tiny_model("qwen3_vl").save_pretrained(folder)
+    qwen_tiny_processor("qwen3_vl").save_pretrained(folder)
+    clip = write_video(tmp_path / "clip.mp4", synthetic_video(19, 32, 32, seed=3), fps=4)
+    pooling = '[{"type": "temporal", "kernel": 2}, {"type": "progressive", "group": 2, "strides": [1, 2]}]'
+    ask = dict(frames=19, max_new_tokens=4, config=f'{{"pooling": {pooling}, "vision_chunk_frames": 8}}')
+    out = io.StringIO()
+    streamed = run_question(folder, clip, "what is it ?", out=out, **ask)
+    assert streamed["streamed_chunk_frames"] == 8 and "ingestion     : streamed, 8 frames at a time" in out.getvalue()
+    one_shot = run_question(folder, clip, "what is it ?", out=io.StringIO(), stream=False, **ask)
+    assert one_shot["streamed_chunk_frames"] is None
+    for key in ("answer", "tokens_before", "tokens_after", "timestamps"):
+        assert streamed[key] == one_shot[key], key
