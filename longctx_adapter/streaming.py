@@ -10,7 +10,9 @@ Each chunk goes through the processor's video processor, the family's stock enco
 and only pooled tokens are kept, so the pixels of the whole video never exist: ingestion memory is one chunk's
 pixels and encoder activations plus the pooled features. The result equals the one-shot path (pixels to
 `generate` with the same pooling and `vision_chunk_frames`) within the chunked-encoding guarantee
-(longctx_adapter/hooks/chunking.py). The model side is longctx_adapter/hooks/streaming.py.
+(longctx_adapter/hooks/chunking.py). Qwen3-VL's video processor sizes frames by a pixel budget over the whole video,
+so there every chunk is resized to the whole video's frame size first (`_WholeVideoSize`; the frame count must be
+known up front). The model side is longctx_adapter/hooks/streaming.py.
 """
 
 from __future__ import annotations
@@ -154,7 +156,7 @@ class _WholeVideoSize:
             raise AdapterError(
                 f"{type(video_processor).__name__} sizes every frame by a pixel budget shared by the whole video, so "
                 "encode_video needs the frame count before the first chunk: pass total_frames= with a generator of "
-                "frames, or pass a file path, a (T, H, W, 3) array or a list of frames"
+                "frames, or pass a file path, a (T, H, W, 3) array or a list of frame arrays"
             )
         return cls(video_processor, total_frames)
 
