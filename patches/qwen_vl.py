@@ -390,8 +390,14 @@ def _marker_tokens(blocks: int) -> int:
     return 2  # <|vision_start|> ... <|vision_end|>
 
 
+def _stamp_tokens(block: int) -> int:
+    """Tokens of a block's `<t seconds>` text: Qwen's tokenizer splits digits, so `<`, t's integer digits, `.`, `5`,
+    ` seconds`, `>`; t = 2 * block + 0.5 at one frame a second (two-frame temporal patches), the rate assumed here."""
+    return len(str(2 * block)) + 5
+
+
 def _block_marker_tokens(blocks: int) -> int:
-    return 5 * blocks + 2  # per block: 3 timestamp tokens, start, end; plus the outer pair
+    return sum(_stamp_tokens(k) + 2 for k in range(blocks)) + 2  # per block: timestamp, start, end; the outer pair
 
 
 def _video_inputs(
@@ -405,8 +411,8 @@ def _video_inputs(
     start, end, video = config.vision_start_token_id, config.vision_end_token_id, config.video_token_id
     if blocks_per_frame:
         block = []
-        for _ in range(t):
-            block += [words(3), torch.tensor([start]), torch.full((per_t,), video), torch.tensor([end])]
+        for k in range(t):
+            block += [words(_stamp_tokens(k)), torch.tensor([start]), torch.full((per_t,), video), torch.tensor([end])]
         visual = torch.cat([torch.tensor([start]), *block, torch.tensor([end])])  # the processor's outer pair
     else:
         visual = torch.cat([torch.tensor([start]), torch.full((t * per_t,), video), torch.tensor([end])])

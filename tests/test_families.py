@@ -81,7 +81,7 @@ def test_qwen_sizes_match_hand_inputs_and_the_encoder(model_type):
     placeholders = int((reference["input_ids"] == family.token_id(config)).sum())
     assert family.stock_tokens(config, frames, QWEN_FRAME) == placeholders
     blocks = frames // config.vision_config.temporal_patch_size
-    if not family.blocks_per_frame:  # (the tiny Qwen3-VL inputs write 2 timestamp tokens per block, real ones 3)
+    if not family.blocks_per_frame:  # (the tiny Qwen3-VL inputs write 2 timestamp tokens per block, real ones more)
         assert reference["input_ids"].shape[1] - 2 - 3 - placeholders == family.marker_tokens(blocks)
     model = qwen_tiny_model(model_type)
     kwargs = {k: reference[k] for k in ("pixel_values_videos", "video_grid_thw")}

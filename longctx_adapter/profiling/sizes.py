@@ -402,7 +402,7 @@ def video_inputs(
 
     Pixels are standard-normal in `dtype` (HF examples move processor outputs to the model dtype); text tokens are
     random non-special ids below 1000. The layout is the family's (`video_inputs` in its patch module; e.g.
-    Qwen3-VL gets one vision block per frame pair with 3 timestamp tokens before each).
+    Qwen3-VL gets one vision block per frame pair with its `<t seconds>` tokens before each, at one frame a second).
     """
     if isinstance(config, Mapping):
         raise AdapterError("video_inputs needs an HF config (or a model's .config)")
