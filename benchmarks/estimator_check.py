@@ -137,7 +137,7 @@ ROWS = (  # label, kv bits, prefill chunk (2-bit differs from 4-bit only in stor
 )
 
 
-def run_models(frames: int, presets: list[str]) -> list[str]:
+def run_models(frames: int, presets: list[str], rows=ROWS) -> list[str]:
     from longctx_adapter.profiling.estimate import estimate_memory
     from longctx_adapter.profiling.profiler import _spawned
     from longctx_adapter.profiling.sizes import real_config
@@ -152,7 +152,7 @@ def run_models(frames: int, presets: list[str]) -> list[str]:
     ]
     for name in presets:
         config = real_config(name, 1, 1)
-        for label, bits, chunk in ROWS:
+        for label, bits, chunk in rows:
             gen = None
             if bits is not None:
                 gen = {"cache_implementation": "quantized",
@@ -190,11 +190,13 @@ def main(argv=None) -> int:
     parser.add_argument("--tokens", type=int, default=8192, help="prompt length of the one-layer part")
     parser.add_argument("--frames", type=int, default=4, help="video frames of the whole-model part")
     parser.add_argument("--models", default="llava-onevision-7b,qwen2-vl-7b")
+    parser.add_argument("--rows", default=None, help="whole-model rows to run, by number (1-4, comma-separated)")
     args = parser.parse_args(argv)
+    rows = ROWS if args.rows is None else [ROWS[int(i) - 1] for i in args.rows.split(",")]
     if args.only in (None, "layer"):
         print("\n".join(run_layers(args.tokens)) + "\n", flush=True)
     if args.only in (None, "model"):
-        print("\n".join(run_models(args.frames, args.models.split(","))) + "\n", flush=True)
+        print("\n".join(run_models(args.frames, args.models.split(","), rows)) + "\n", flush=True)
     return 0
 
 
