@@ -37,7 +37,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/report.py
 
 # bench-prefill: prefill time and time to first token, stock vs preset, truncated true-width LLaVA-OneVision-7B on
-# CPU at 16 and 32 frames (~20 min on 2 busy cores; --frames 16,32,64 for more: 64 alone took ~14 min). bench-estimator: the
+# CPU at 16 and 32 frames (~2 min on 2 quiet cores; --frames 16,32,64,128 --rounds 2: 14 min). bench-estimator: the
 # estimator's KV-cache and chunked-prefill terms against fresh-process measurements (CPU, ~20 min on 2 busy cores).
 # frames-fit: the analytic "how many frames fit" tables of docs/memory-24gb.md and docs/frames_fit.png (seconds).
 bench-prefill: $(STAMP)

@@ -37,10 +37,13 @@ CHUNK = 4096
 # ------------------------------------------------------------------------------------------------ one cache layer
 
 
-def layer_peaks(tokens: int, bits: int, kv_heads: int = 4, head_dim: int = 128, chunk: int = CHUNK) -> dict:
-    """In a fresh process: peak bytes above the start of each kind of update of one hqq-quantized cache layer."""
+def layer_peaks(tokens: int, bits: int, kv_heads: int = 4, head_dim: int = 128, chunk: int = CHUNK,
+                backend: str = "hqq") -> dict:  # fmt: skip
+    """In a fresh process: peak bytes above the start of each kind of update of one quantized cache layer."""
     import torch
-    from transformers.cache_utils import HQQQuantizedLayer
+    from transformers.cache_utils import HQQQuantizedLayer, QuantoQuantizedLayer
+
+    layer_class = {"hqq": HQQQuantizedLayer, "quanto": QuantoQuantizedLayer}[backend]
 
     from longctx_adapter.profiling.memory import RssProbe
 
@@ -65,22 +68,25 @@ def layer_peaks(tokens: int, bits: int, kv_heads: int = 4, head_dim: int = 128, 
         return sum(_tensor_bytes(getattr(layer, n)) for n in ("_quantized_keys", "_quantized_values", "keys", "values"))
 
     out = {"method": probe.method}
-    layer = HQQQuantizedLayer(nbits=bits, q_group_size=64, residual_length=128)
+    layer = layer_class(nbits=bits, q_group_size=64, residual_length=128)
+    update(layer, *states(256))  # quanto compiles its extension on first use: not part of any update's peak
+    del layer
+    layer = layer_class(nbits=bits, q_group_size=64, residual_length=128)
     out["prefill"] = update(layer, *states(tokens))
     out["stored"] = stored(layer)
     out["decode_no_flush"] = update(layer, *states(1))
     del layer
-    layer = HQQQuantizedLayer(nbits=bits, q_group_size=64, residual_length=1)
+    layer = layer_class(nbits=bits, q_group_size=64, residual_length=1)
     update(layer, *states(tokens))
     out["decode_flush"] = update(layer, *states(1))
     del layer
-    layer = HQQQuantizedLayer(nbits=bits, q_group_size=64, residual_length=128)
+    layer = layer_class(nbits=bits, q_group_size=64, residual_length=128)
     update(layer, *states(tokens - chunk))
     out["chunk"] = update(layer, *states(chunk))
     return out
 
 
-def layer_estimates(tokens: int, bits: int, kv_heads: int = 4, head_dim: int = 128) -> dict:
+def layer_estimates(tokens: int, bits: int, kv_heads: int = 4, head_dim: int = 128, backend: str = "hqq") -> dict:
     """The estimator's per-layer terms for the same updates (estimate.py, quantized branch)."""
     from longctx_adapter.profiling.estimate import KV_GROUP, quantize_transient_bytes
 
@@ -88,7 +94,7 @@ def layer_estimates(tokens: int, bits: int, kv_heads: int = 4, head_dim: int = 1
     values = kv_heads * head_dim * tokens  # one of keys / values
     kv_layer = 2 * values * b
     stored = 2 * (values * bits / 8 + values / KV_GROUP * 2 * b)
-    q = quantize_transient_bytes(values, "bfloat16", "cpu")
+    q = quantize_transient_bytes(values, "bfloat16", "cpu", backend)
     # prefill: the layer's new storage + the quantizer's scratch; later updates: + the dequantized layer and the
     # concatenation returned to attention (the cat copy every cache makes)
     return {
@@ -101,28 +107,29 @@ def layer_estimates(tokens: int, bits: int, kv_heads: int = 4, head_dim: int = 1
     }
 
 
-def run_layers(tokens: int) -> list[str]:
+def run_layers(tokens: int, backends: list[str]) -> list[str]:
     import estimator_check
 
     from longctx_adapter.profiling.fresh import run_fresh
 
     lines = [
-        f"One true-width cache layer (4 KV heads x 128, bf16), {tokens:,} tokens, hqq, q_group_size 64; "
-        f"bf16 layer K+V = {4 * 128 * tokens * 4 / MIB:.0f} MiB",
+        f"One true-width cache layer (4 KV heads x 128, bf16), {tokens:,} tokens, q_group_size 64; "
+        f"bf16 layer K+V = {4 * 128 * tokens * 4 / MIB:.0f} MiB; estimated = the estimator's terms for that backend",
         "",
-        "| bits | update | measured MiB | estimated MiB | measured / estimated |",
-        "|---:|---|---:|---:|---:|",
+        "| backend | bits | update | measured MiB | estimated MiB | measured / estimated |",
+        "|---|---:|---|---:|---:|---:|",
     ]
-    for bits in (4, 2):
-        meas = run_fresh(estimator_check.layer_peaks, (tokens, bits), env=_MMAP)
-        est = layer_estimates(tokens, bits)
-        for key, label in (("stored", "storage after prefill (exact bytes)"), ("prefill", "prefill (first update)"),
-                           ("chunk", f"prefill chunk of {CHUNK} after {tokens - CHUNK:,}"),
-                           ("decode_flush", "decode step that flushes"),
-                           ("decode_no_flush", "decode step, no flush (estimator counts the flush)")):
-            m, e = meas[key], est[key]
-            lines.append(f"| {bits} | {label} | {m / MIB:.1f} | {e / MIB:.1f} | {m / e:.2f} |")
-        print("\n".join(lines[-5:]) + f"\n(probe: {meas['method']})", file=sys.stderr, flush=True)
+    for backend in backends:
+        for bits in (4, 2):
+            meas = run_fresh(estimator_check.layer_peaks, (tokens, bits), {"backend": backend}, env=_MMAP)
+            est = layer_estimates(tokens, bits, backend=backend)
+            for key, label in (("stored", "storage after prefill (exact bytes)"), ("prefill", "prefill (first update)"),
+                               ("chunk", f"prefill chunk of {CHUNK} after {tokens - CHUNK:,}"),
+                               ("decode_flush", "decode step that flushes"),
+                               ("decode_no_flush", "decode step, no flush (estimator counts the flush)")):
+                m, e = meas[key], est[key]
+                lines.append(f"| {backend} | {bits} | {label} | {m / MIB:.1f} | {e / MIB:.1f} | {m / e:.2f} |")
+            print("\n".join(lines[-5:]) + f"\n(probe: {meas['method']})", file=sys.stderr, flush=True)
     return lines
 
 
@@ -164,7 +171,7 @@ def run_models(frames: int, presets: list[str], rows=ROWS) -> list[str]:
             }
             got = _spawned(spec)
             est = estimate_memory(config, frames, None, dtype="float32", text_tokens=34, prefill_chunk_size=chunk,
-                                  device="cpu", kv_bits=bits)
+                                  device="cpu", kv_bits=bits, kv_backend="hqq")
             if got.get("status") != "ok":
                 lines.append(f"| {name} | {label} | | | {got.get('status')} | | | | | |")
                 print(got.get("traceback", ""), file=sys.stderr)
@@ -188,13 +195,14 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", choices=("layer", "model"), default=None)
     parser.add_argument("--tokens", type=int, default=8192, help="prompt length of the one-layer part")
+    parser.add_argument("--backends", default="hqq,quanto", help="quantized cache backends of the one-layer part")
     parser.add_argument("--frames", type=int, default=4, help="video frames of the whole-model part")
     parser.add_argument("--models", default="llava-onevision-7b,qwen2-vl-7b")
     parser.add_argument("--rows", default=None, help="whole-model rows to run, by number (1-4, comma-separated)")
     args = parser.parse_args(argv)
     rows = ROWS if args.rows is None else [ROWS[int(i) - 1] for i in args.rows.split(",")]
     if args.only in (None, "layer"):
-        print("\n".join(run_layers(args.tokens)) + "\n", flush=True)
+        print("\n".join(run_layers(args.tokens, args.backends.split(","))) + "\n", flush=True)
     if args.only in (None, "model"):
         print("\n".join(run_models(args.frames, args.models.split(","), rows)) + "\n", flush=True)
     return 0

@@ -72,7 +72,8 @@ def profile_rows(model: str = MODEL, frames=FRAMES, memory: str = MEMORY) -> lis
         done = {}
         for run, adapter, chunk, bits in runs:
             key = json.dumps([adapter, chunk, bits], sort_keys=True)
-            est = estimate_memory(config, n, adapter, prefill_chunk_size=chunk, kv_bits=bits, device="cuda")
+            est = estimate_memory(config, n, adapter, prefill_chunk_size=chunk, kv_bits=bits, kv_backend="hqq",
+                                  device="cuda")  # fmt: skip
             rows.append({"model": model, "frames": n, "run": run, "adapter_config": adapter,
                          "prefill_chunk_size": chunk, "kv_bits": bits, "estimated_peak_bytes": est["peak_bytes"],
                          "estimated_visual_tokens": est["visual_tokens_after"], "seq_len": est["seq_len"],
@@ -164,7 +165,7 @@ def _profile_one(row: dict) -> dict:
     from longctx_adapter.profiling.profiler import profile
 
     kwargs = {}
-    if row["kv_bits"] is not None:  # hqq (in the dev extra): the backend whose scratch the estimator measured
+    if row["kv_bits"] is not None:  # hqq (in the dev extra); the row's estimate is hqq's too
         kwargs.update(kv_bits=row["kv_bits"], kv_backend="hqq")
     torch.cuda.reset_peak_memory_stats()
     (measured,) = profile(row["model"], frames=[row["frames"]], configs=[row["adapter_config"] or "none"],

@@ -209,3 +209,28 @@ def test_profile_with_a_quantized_kv_cache():
     # larger than this whole 100-token prompt, so here it exceeds the full-precision cache)
     expected = estimate_memory(model.config, 4, None, dtype="fp32", text_tokens=35, kv_bits=4, device="cpu")
     assert quant["kv_bytes_analytic"] == expected["kv_bytes"] != full["kv_bytes_analytic"]
+
+
+def test_quantization_scratch_depends_on_the_backend_and_reaches_the_decode_step():
+    """quanto (the backend plan configures) and hqq have different quantization scratch; the estimator takes the
+    backend, its decode step grows by exactly the scratch difference, and an unknown backend is refused."""
+    from longctx_adapter import AdapterError
+    from longctx_adapter.profiling.estimate import quantize_transient_bytes
+    from longctx_adapter.profiling.sizes import real_config
+
+    config = real_config("llava-onevision-7b", 1, 1)
+    values = 1 << 20
+    assert quantize_transient_bytes(values, "bfloat16", "cpu", "quanto") == int(values * 2.25 * 2)
+    assert quantize_transient_bytes(values, "bfloat16", "cpu", "hqq") == values * 36
+    assert quantize_transient_bytes(values, "float32", "cpu", "hqq") == values * 32  # the input is already float32
+    est = {b: estimate_memory(config, 8, None, kv_bits=4, kv_backend=b, device="cpu") for b in ("quanto", "hqq")}
+    text = config.text_config
+    cache_values = text.num_key_value_heads * (text.hidden_size // text.num_attention_heads) * est["hqq"]["seq_len"]
+    difference = (quantize_transient_bytes(cache_values, "bfloat16", "cpu", "hqq")
+                  - quantize_transient_bytes(cache_values, "bfloat16", "cpu", "quanto"))  # fmt: skip
+    assert est["hqq"]["decode_peak_bytes"] - est["quanto"]["decode_peak_bytes"] == difference > 0
+    assert est["hqq"]["kv_bytes"] == est["quanto"]["kv_bytes"]  # storage is the same format
+    with pytest.raises(AdapterError, match="kv_backend must be one of"):
+        estimate_memory(config, 8, None, kv_bits=4, kv_backend="bnb")
+    with pytest.raises(AdapterError, match="kv_backend must be one of"):
+        estimate_memory(config, 8, None, kv_backend="bnb")  # refused even without kv_bits

@@ -144,3 +144,20 @@ def test_the_estimators_quantized_kv_term_equals_the_bytes_the_cache_holds(model
 
     residual = sum(t.numel() * t.element_size() for layer in out.past_key_values.layers for t in (layer.keys, layer.values))
     assert kv_cache_bytes(out.past_key_values) == held + residual
+
+
+@NEEDS_QUANTO
+@pytest.mark.parametrize("nbits", [4, 2])
+def test_profiler_counts_a_quanto_cache_by_its_packed_storage(nbits):
+    """quanto's quantized tensors are wrapper subclasses that report their logical dtype's size; the profiler's
+    KV-bytes count reads the tensors they flatten to: packed bits plus a scale and a shift per group."""
+    from transformers.cache_utils import QuantoQuantizedLayer
+
+    from longctx_adapter.profiling.profiler import _tensor_bytes
+
+    layer = QuantoQuantizedLayer(nbits=nbits, q_group_size=16, residual_length=1)
+    keys = torch.randn(1, 2, 64, 16, dtype=torch.bfloat16)
+    layer.update(keys, keys.clone())
+    values, groups = keys.numel(), keys.numel() // 16
+    assert _tensor_bytes(layer._quantized_keys) == values * nbits // 8 + 2 * groups * keys.element_size()
+    assert _tensor_bytes(keys) == values * 2

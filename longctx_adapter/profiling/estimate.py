@@ -52,6 +52,9 @@ __all__ = [
 KV_BITS = (2, 4, 8)
 #: transformers' QuantizedCache defaults: tokens kept in full precision, values per quantization group
 KV_RESIDUAL, KV_GROUP = 128, 64
+#: quantization scratch of one cache tensor, in copies of it: quanto (in the model dtype) and hqq on CPU (float32,
+#: besides the float32 input); measured on one true-width 7B cache layer (benchmarks/estimator_check.py)
+QUANTO_SCRATCH_COPIES, HQQ_SCRATCH_FLOAT32_COPIES = 2.25, 8
 
 
 def quantized_cache_kwargs(bits: int, backend: str = "quanto") -> dict:
@@ -91,17 +94,28 @@ def quantized_kv_bytes_per_token(config, bits: int, dtype="bfloat16", group: int
     return values * bits / 8 + values / group * 2 * dtype_bytes(dtype)
 
 
-def quantize_transient_bytes(values: int, dtype="bfloat16", device: str = "cpu") -> int:
-    """Peak scratch of quantizing one cache tensor of `values` values with transformers' hqq backend (its proximal
-    optimizer, hqq/core/optimize.py). On CPU it works in float32 and holds 9-10 copies at once: the float32 input
-    (no copy when the model is float32), the previous step's W_q and W_r, the new W_q and W_r, the error, its shrunk
-    copy, and the temporaries of the zero-point update; 9.5 copies (38 bytes per value) is what a true-width 7B
-    layer measured at 8k tokens (8.9 on later updates; benchmarks/estimator_check.py). On CUDA (not measured here)
-    the steps run in float16: the float32 input plus about 9 float16 copies. Quanto's optimizer is simpler, so for
-    it this is an upper bound (not measured)."""
+#: the quantized-cache backends the estimator models
+KV_BACKENDS = ("quanto", "hqq")
+
+
+def quantize_transient_bytes(values: int, dtype="bfloat16", device: str = "cpu", backend: str = "quanto") -> int:
+    """Peak scratch of quantizing one cache tensor of `values` values with one of transformers' quantized-cache
+    backends; the one tensor's keys or values are quantized one after the other, so one scratch is live at a time.
+
+    quanto (scale and shift per group from min/max, then round and pack): 2.25 copies of the tensor in the model
+    dtype (4.5 bytes per value in bf16: 4.0-5.1 measured on a true-width 7B layer at 8k tokens, 4 and 2 bits, every
+    kind of update; benchmarks/estimator_check.py). Assumed the same on CUDA (not measured).
+    hqq (its proximal optimizer, hqq/core/optimize.py) works in float32: on CPU the float32 input (no copy when the
+    model is float32) and 8 more float32 copies at once (36 bytes per value; 34.9-36.2 measured the same way): the
+    previous step's W_q and W_r, the new W_q and W_r, the error, its shrunk copy, and the zero-point update's
+    temporaries. On CUDA (not measured) the steps run in float16: the float32 input plus about 9 float16 copies."""
+    if backend not in KV_BACKENDS:
+        raise AdapterError(f"kv_backend must be one of {KV_BACKENDS}, got {backend!r}")
+    if backend == "quanto":
+        return int(values * QUANTO_SCRATCH_COPIES * dtype_bytes(dtype))
     if str(device).split(":")[0] == "cuda":
         return values * (4 + 9 * 2)
-    return values * (38 - (4 if dtype_bytes(dtype) == 4 else 0))
+    return values * ((0 if dtype_bytes(dtype) == 4 else 4) + 4 * HQQ_SCRATCH_FLOAT32_COPIES)
 
 
 def _text(config):
@@ -141,6 +155,7 @@ def estimate_memory(
     device: str = "cpu",
     vision_hidden_states: str = "selected",
     kv_bits: int | None = None,
+    kv_backend: str = "quanto",
     kv_offload: bool = False,
     streamed: bool = False,
 ) -> dict:
@@ -150,7 +165,8 @@ def estimate_memory(
     its dict. device: "cpu" adds CPU-only kernel scratch (bilinear on NCHW). vision_hidden_states: "selected"
     (transformers 5.x keeps only the feature layer) or "all" (older code: every vision layer's output is kept
     during the vision stage). kv_bits: transformers' quantized KV cache (`cache_implementation="quantized"`) with
-    this many bits (see `quantized_kv_bytes_per_token`). kv_offload: the offloaded cache, which keeps two layers'
+    this many bits (see `quantized_kv_bytes_per_token`) and backend (`kv_backend`, "quanto" as `generate`'s
+    default; its quantization scratch is `quantize_transient_bytes`). kv_offload: the offloaded cache, which keeps two layers'
     keys and values on the device (the one in use and the one prefetched) and the rest in host memory
     (`kv_host_bytes`). Returns token counts, component bytes and `{vision,prefill,decode}_peak_bytes`, `peak_bytes`.
     With a stage that keeps tokens chosen from the features (`merge_temporal`, `segment_density`) the visual token
@@ -160,6 +176,8 @@ def estimate_memory(
     """
     if kv_bits is not None and kv_offload:
         raise AdapterError("kv_bits and kv_offload are two cache implementations; choose one")
+    if kv_backend not in KV_BACKENDS:
+        raise AdapterError(f"kv_backend must be one of {KV_BACKENDS}, got {kv_backend!r}")
     if kv_bits is not None and kv_bits not in KV_BITS:
         raise AdapterError(f"kv_bits must be one of {KV_BITS} (the quantized cache backends' widths), got {kv_bits!r}")
     config = getattr(config, "config", config)
@@ -203,7 +221,7 @@ def estimate_memory(
         # the residual window into the quantized part (every KV_RESIDUAL tokens), its largest.
         kv_token = quantized_kv_bytes_per_token(config, kv_bits, dtype)
         kv = int(kv_token * seq) + KV_RESIDUAL * 2 * t["layers"] * kvh * hd * b
-        kv_work = quantize_transient_bytes(kvh * hd * seq, dtype, device)
+        kv_work = quantize_transient_bytes(kvh * hd * seq, dtype, device, kv_backend)
         kv_work_later = kv_layer + kv_work
     elif kv_offload:
         kv_host = kv

@@ -116,11 +116,20 @@ def kv_cache_bytes(cache) -> int:
 
 
 def _tensor_bytes(value) -> int:
-    """Bytes of the tensors in `value`: a tensor, or tuples / lists / dicts of them (hqq keeps (tensor, meta))."""
+    """Bytes of the tensors in `value`: a tensor, or tuples / lists / dicts of them (hqq keeps (tensor, meta)).
+
+    A wrapper tensor subclass (quanto's packed 4-bit tensors) reports its logical dtype's size; its storage is the
+    tensors it flattens to (`__tensor_flatten__`), counted instead."""
     if isinstance(value, (tuple, list)):
         return sum(_tensor_bytes(v) for v in value)
     if isinstance(value, dict):
         return sum(_tensor_bytes(v) for v in value.values())
+    import torch
+
+    flatten = getattr(value, "__tensor_flatten__", None)
+    if flatten is not None and type(value) is not torch.Tensor:
+        names, _ = flatten()
+        return sum(_tensor_bytes(getattr(value, name)) for name in names)
     if hasattr(value, "numel") and hasattr(value, "element_size"):
         return value.numel() * value.element_size()
     return 0
@@ -549,6 +558,7 @@ def _safe_estimate(config, spec, adapter_config):
             config, spec["frames"], adapter_config, dtype=spec["dtype"], frame_size=spec["frame_size"],
             text_tokens=spec["text_before"] + spec["text_after"], attn=spec["attn"],
             prefill_chunk_size=spec["prefill_chunk_size"], device=spec["device"], kv_bits=spec.get("kv_bits"),
+            kv_backend=spec.get("kv_backend", "quanto"),
         )
     except AdapterError as err:
         return {"error": str(err)}
