@@ -69,7 +69,7 @@ def layer_peaks(tokens: int, bits: int, kv_heads: int = 4, head_dim: int = 128, 
 
     out = {"method": probe.method}
     layer = layer_class(nbits=bits, q_group_size=64, residual_length=128)
-    update(layer, *states(256))  # quanto compiles its extension on first use: not part of any update's peak
+    update(layer, *states(256))  # first-call allocations: not part of any update's peak
     del layer
     layer = layer_class(nbits=bits, q_group_size=64, residual_length=128)
     out["prefill"] = update(layer, *states(tokens))

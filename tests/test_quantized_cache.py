@@ -2,8 +2,7 @@
 
 References run under the same cache: the stock model (features off) and the stock model fed hand-pooled features
 (pooling on), so quantization error is the same on both sides and the comparison is exact. The optional backends
-(`pip install longctx-adapter[kv]`: hqq, optimum-quanto) are skipped with the reason when absent; quanto compiles a
-C++ extension on first use (about 35 s on a quiet machine, minutes on a busy one), so only one test uses it.
+(`pip install longctx-adapter[kv]`: hqq, optimum-quanto) are skipped with the reason when absent (both are in the dev extra, so CI runs them).
 """
 
 from __future__ import annotations
@@ -62,10 +61,10 @@ def test_features_off_equals_stock_under_the_same_cache(model, inputs, backend):
         assert torch.equal(a, s)
 
 
-@NEEDS_HQQ
+@pytest.mark.parametrize("backend", [pytest.param("hqq", marks=NEEDS_HQQ), pytest.param("quanto", marks=NEEDS_QUANTO)])
 @pytest.mark.parametrize("nbits", [4, 2])
-def test_pooled_equals_stock_fed_hand_pooled_features_under_the_same_cache(model, inputs, nbits):
-    cache = quantized("hqq", nbits)
+def test_pooled_equals_stock_fed_hand_pooled_features_under_the_same_cache(model, inputs, nbits, backend):
+    cache = quantized(backend, nbits)
     prompt = inputs["input_ids"].shape[1]
     with torch.inference_mode():
         embeds, mask, _ = reference_embeds(model, MODEL_TYPE, inputs, POOLING, [4])
@@ -97,11 +96,11 @@ def test_rope_extended_run_prefills_exactly_and_decodes_close_to_the_full_precis
     torch.testing.assert_close(chunked.scores[0].softmax(-1), quant.scores[0].softmax(-1), rtol=0, atol=0.05)
 
 
-@NEEDS_HQQ
-def test_continuation_from_a_quantized_cache(model, inputs):
+@pytest.mark.parametrize("backend", [pytest.param("hqq", marks=NEEDS_HQQ), pytest.param("quanto", marks=NEEDS_QUANTO)])
+def test_continuation_from_a_quantized_cache(model, inputs, backend):
     """Continuing from the adapted run's quantized cache equals the stock model continuing its own hand-pooled run
     from its quantized cache: the cache lines up with the caller's (stock-length) ids."""
-    cache = quantized("hqq")
+    cache = quantized(backend)
     more = torch.tensor([[7, 8, 9]])
     with torch.inference_mode():
         embeds, mask, _ = reference_embeds(model, MODEL_TYPE, inputs, POOLING, [4])
