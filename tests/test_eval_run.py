@@ -83,13 +83,7 @@ def test_run_streams_ingestion_when_the_pooling_is_frame_local(checkpoint, video
     a config that is not frame-local falls back to one-shot and says why."""
     ask = dict(frames=12, max_new_tokens=4,
                config='{"pooling": {"type": "progressive", "group": 2, "strides": [2, 4]}, "vision_chunk_frames": 4}')
-    out = io.StringIO()
-    streamed = run_question(checkpoint, video, "what is it ?", out=out, **ask)
-    assert streamed["streamed_chunk_frames"] == 4 and "ingestion     : streamed, 4 frames at a time" in out.getvalue()
-    one_shot = run_question(checkpoint, video, "what is it ?", out=io.StringIO(), stream=False, **ask)
-    assert one_shot["streamed_chunk_frames"] is None
-    for key in ("answer", "tokens_before", "tokens_after", "timestamps"):
-        assert streamed[key] == one_shot[key], key
+    _assert_streamed_run_equals_one_shot(checkpoint, video, 4, ask)
     out = io.StringIO()
     run_question(checkpoint, video, "what is it ?", frames=8, max_new_tokens=1, out=out,
                  config='{"pooling": {"type": "adaptive3d", "output": [2, 3, 3]}, "vision_chunk_frames": 4}')
@@ -107,10 +101,16 @@ def test_run_streams_qwen3_vl(tmp_path):
     clip = write_video(tmp_path / "clip.mp4", synthetic_video(19, 32, 32, seed=3), fps=4)
     pooling = '[{"type": "temporal", "kernel": 2}, {"type": "progressive", "group": 2, "strides": [1, 2]}]'
     ask = dict(frames=19, max_new_tokens=4, config=f'{{"pooling": {pooling}, "vision_chunk_frames": 8}}')
+    _assert_streamed_run_equals_one_shot(folder, clip, 8, ask)
+
+
+def _assert_streamed_run_equals_one_shot(checkpoint, video, chunk: int, ask: dict) -> None:
+    """`run` streams at `chunk` frames, says so, and answers as its one-shot run does (same counts, timestamps)."""
     out = io.StringIO()
-    streamed = run_question(folder, clip, "what is it ?", out=out, **ask)
-    assert streamed["streamed_chunk_frames"] == 8 and "ingestion     : streamed, 8 frames at a time" in out.getvalue()
-    one_shot = run_question(folder, clip, "what is it ?", out=io.StringIO(), stream=False, **ask)
+    streamed = run_question(checkpoint, video, "what is it ?", out=out, **ask)
+    assert streamed["streamed_chunk_frames"] == chunk
+    assert f"ingestion     : streamed, {chunk} frames at a time" in out.getvalue()
+    one_shot = run_question(checkpoint, video, "what is it ?", out=io.StringIO(), stream=False, **ask)
     assert one_shot["streamed_chunk_frames"] is None
     for key in ("answer", "tokens_before", "tokens_after", "timestamps"):
         assert streamed[key] == one_shot[key], key
