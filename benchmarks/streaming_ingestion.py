@@ -12,10 +12,13 @@ mmap threshold at 1 MiB so freed tensors leave the resident set (as the profiler
     python benchmarks/streaming_ingestion.py --model tiny --frames 64,256,1024
     python benchmarks/streaming_ingestion.py --model onevision-7b --frames 16,64 --chunk 8
     python benchmarks/streaming_ingestion.py --model onevision-7b --frames 256 --chunk 8 --modes streamed
+    python benchmarks/streaming_ingestion.py --model qwen2-vl-7b --frames 16,64,256 --chunk 8
 
 `onevision-7b`: LLaVA-OneVision-7B's real geometry (`profiling.sizes.real_config`), random weights, float32, the
 decoder cut to 1 layer and the SigLIP tower to 1 layer (ingestion runs the tower, so its depth sets the CPU time; a
-layer's activations are what the estimator counts, at any depth). The estimate column is
+layer's activations are what the estimator counts, at any depth). `qwen2-vl-7b`: Qwen2-VL-7B's real geometry cut the
+same way, 448x448 frames (the estimator's Qwen frame size; the processor's min and max pixels pinned to it), its
+preset pooling (progressive 1,4, group 4). The estimate column is
 `profiling.estimate.estimate_ingestion` (its `peak_bytes` minus nothing: it counts ingestion only, no weights).
 """
 
@@ -26,6 +29,9 @@ import sys
 
 MMAP_THRESHOLD = str(1 << 20)
 POOLING = {"type": "progressive", "group": 4, "strides": [2, 8], "mode": "bilinear"}  # the OneVision preset
+QWEN_POOLING = {"type": "progressive", "group": 4, "strides": [1, 4], "mode": "bilinear"}  # the Qwen-VL preset
+QWEN_SIDE = 448
+MODELS = {"onevision-7b": "llava-onevision-7b", "qwen2-vl-7b": "qwen2-vl-7b"}
 
 
 def _build(model_name: str):
@@ -37,14 +43,22 @@ def _build(model_name: str):
         model = tiny_model("llava_onevision")
         pooling = {**POOLING, "strides": [1, 2]}  # the tiny 7x7 grid
         return model, tiny_processor("llava_onevision").video_processor, pooling
-    from transformers import LlavaOnevisionVideoProcessor
+    from transformers import LlavaOnevisionVideoProcessor, Qwen2VLVideoProcessor
 
     from longctx_adapter.profiling.sizes import real_model
 
-    model = real_model("llava-onevision-7b", layers=1, vision_layers=1, dtype=torch.float32)
+    model = real_model(MODELS[model_name], layers=1, vision_layers=1, dtype=torch.float32)
+    if model_name == "qwen2-vl-7b":
+        pixels = QWEN_SIDE * QWEN_SIDE
+        processor = Qwen2VLVideoProcessor(min_pixels=pixels, max_pixels=pixels, cap_pixels_per_frame=False)
+        return model, processor, QWEN_POOLING
     side = model.config.vision_config.image_size
     processor = LlavaOnevisionVideoProcessor(size={"height": side, "width": side})
     return model, processor, POOLING
+
+
+def _side(model) -> int:
+    return QWEN_SIDE if model.config.model_type == "qwen2_vl" else model.config.vision_config.image_size
 
 
 def _frames(count: int, side: int, seed: int = 0):
@@ -68,7 +82,7 @@ def ingest_row(model_name: str, frames: int, chunk: int, streamed: bool) -> dict
     model, video_processor, pooling = _build(model_name)
     model.eval()
     handle = apply_adapter(model, {"pooling": pooling, "vision_chunk_frames": chunk})
-    side = model.config.vision_config.image_size
+    side = _side(model)
 
     class Proc:  # encode_video reads the processor's video_processor; ingestion needs nothing else
         pass
@@ -86,12 +100,20 @@ def ingest_row(model_name: str, frames: int, chunk: int, streamed: bool) -> dict
             features = encoded.feature_bytes
         else:
             clip = np.stack(list(_frames(frames, side)))  # one-shot: the decoded clip exists whole
-            pixels = video_processor(videos=[clip], return_tensors="pt")["pixel_values_videos"]
+            processed = video_processor(videos=[clip], return_tensors="pt")
             family = handle.family
-            stock = family.stock_tokens(model.config, frames)
-            ids = torch.tensor([[11, 12] + [model.config.video_token_id] * stock + [13]])
-            prepared = prepare(handle, {"input_ids": ids, "attention_mask": torch.ones_like(ids),
-                                        "pixel_values_videos": pixels.to(model.dtype)})  # fmt: skip
+            video = model.config.video_token_id
+            call = {"pixel_values_videos": processed["pixel_values_videos"].to(model.dtype)}
+            if "video_grid_thw" in processed:  # Qwen-VL: the grid, vision markers and token types
+                call["video_grid_thw"] = processed["video_grid_thw"]
+                stock = int(processed["video_grid_thw"].prod()) // 4  # 2x2 merge
+                start, end = model.config.vision_start_token_id, model.config.vision_end_token_id
+                ids = torch.tensor([[11, 12, start] + [video] * stock + [end, 13]])
+                call["mm_token_type_ids"] = (ids == video).to(torch.int32) * 2
+            else:
+                ids = torch.tensor([[11, 12] + [video] * family.stock_tokens(model.config, frames) + [13]])
+            call.update(input_ids=ids, attention_mask=torch.ones_like(ids))
+            prepared = prepare(handle, call)
             features = sum(t.numel() * t.element_size() for t in prepared.call["mm_encoder_outputs"]["video"].pooler_output)
     peak = probe.peak() - before
     probe.close()
@@ -110,7 +132,7 @@ def main(argv=None) -> int:
     from longctx_adapter.profiling.fresh import run_fresh
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=("tiny", "onevision-7b"), default="tiny")
+    parser.add_argument("--model", choices=("tiny", *MODELS), default="tiny")
     parser.add_argument("--frames", default="64,256,1024")
     parser.add_argument("--chunk", type=int, default=16)
     parser.add_argument("--modes", default="one-shot,streamed", help="which rows to measure (CPU time)")
@@ -123,7 +145,9 @@ def main(argv=None) -> int:
     else:
         from longctx_adapter.profiling.sizes import real_config
 
-        config, pooling = real_config("llava-onevision-7b", layers=1, vision_layers=1), POOLING
+        config = real_config(MODELS[args.model], layers=1, vision_layers=1)
+        pooling = QWEN_POOLING if args.model == "qwen2-vl-7b" else POOLING
+    frame_size = (QWEN_SIDE, QWEN_SIDE) if args.model == "qwen2-vl-7b" else None
     adapter = {"pooling": [pooling], "vision_chunk_frames": args.chunk}
     print(f"model {args.model}, chunk {args.chunk} frames, float32, peak above the loaded model (MiB)")
     print("| frames | one-shot measured | one-shot estimate | streamed measured | streamed estimate | streamed error "
@@ -135,7 +159,8 @@ def main(argv=None) -> int:
         for streamed in [mode == "streamed" for mode in args.modes.split(",")]:
             rows[streamed] = run_fresh(_importable(ingest_row), (args.model, frames, args.chunk, streamed),
                                        env={"MALLOC_MMAP_THRESHOLD_": MMAP_THRESHOLD})  # fmt: skip
-        est = {s: estimate_ingestion(config, frames, adapter, streamed=s, dtype="float32") for s in (False, True)}
+        est = {s: estimate_ingestion(config, frames, adapter, streamed=s, dtype="float32", frame_size=frame_size)
+               for s in (False, True)}  # fmt: skip
         error = f"{rows[True]['peak'] / est[True]['peak_bytes'] - 1:+.0%}" if True in rows else ""
         one_shot = f"{rows[False]['peak'] / mib:.1f}" if False in rows else "not run"
         streamed = f"{rows[True]['peak'] / mib:.1f}" if True in rows else "not run"

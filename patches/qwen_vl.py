@@ -485,11 +485,12 @@ def _family(model_type: str, *, norm, mlp_width, blocks_per_frame=False, positio
 
 CLIP_NORM = (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
 FAMILIES = (
-    # vision MLP activations alive per patch: fc1 + activation
+    # vision MLP activations alive per patch: QuickGELU x * sigmoid(1.702 x) holds fc1's output, 1.702 x and its
+    # sigmoid at once (measured on the true-width tower: benchmarks/streaming_ingestion.py --model qwen2-vl-7b)
     _family(
         "qwen2_vl",
         norm=CLIP_NORM,
-        mlp_width=lambda v: 2 * (getattr(v, "embed_dim", None) or v.hidden_size) * v.mlp_ratio,
+        mlp_width=lambda v: 3 * (getattr(v, "embed_dim", None) or v.hidden_size) * v.mlp_ratio,
     ),
     # SwiGLU: act(gate), up and their product; temporal ids scale with second_per_grid_ts
     _family("qwen2_5_vl", norm=CLIP_NORM, mlp_width=lambda v: 3 * v.intermediate_size, seconds_per_grid=True),

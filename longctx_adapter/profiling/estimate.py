@@ -281,7 +281,7 @@ def estimate_memory(
 # ------------------------------------------------------------------------------------------------ ingestion
 
 #: float32 copies of a chunk's pixels alive while an HF video processor runs (its normalized output and the batch
-#: it stacks), besides the uint8 frames it was given
+#: it stacks), besides the uint8 frames it was given; a patch processor (Qwen-VL) also holds its patchified copy
 PROCESSOR_FLOAT_COPIES = 2
 
 
@@ -323,17 +323,18 @@ def estimate_ingestion(config, frames: int, adapter_config, *, streamed: bool, d
     else:
         vis = _patch_vision(config, family, frames, stages, chunk, b, frame_size)
     height, width = vis["frame_side"]
+    copies = PROCESSOR_FLOAT_COPIES + (1 if family.cost.kind == "patches" else 0)
     if streamed:
         _check_streamed(family, config, stages, chunk)
         count = vis["chunk"]
         raw = 2 * count * height * width * 3
         pixels = _chunk_pixel_bytes(vis, b)
-        processing = raw + count * height * width * 3 + PROCESSOR_FLOAT_COPIES * count * vis["frame_values"] * 4
+        processing = raw + count * height * width * 3 + copies * count * vis["frame_values"] * 4
     else:
         count = frames
         raw = frames * height * width * 3
         pixels = frames * vis["frame_values"] * (4 + (b if b != 4 else 0))
-        processing = raw + frames * height * width * 3 + PROCESSOR_FLOAT_COPIES * frames * vis["frame_values"] * 4
+        processing = raw + frames * height * width * 3 + copies * frames * vis["frame_values"] * 4
     encoding = raw + pixels + (vis["stream_peak"] if streamed else vis["peak"])
     return {
         "frames": frames,
@@ -481,7 +482,7 @@ def _patch_vision(config, family, frames, stages, chunk, b, frame_size) -> dict:
     pixels = t * hp * wp * 3 * tp * p * p * b
     rope = 2 * N * (d // heads) * 4
     attention = (2 * N * d + 3 * N * d + 2 * N * d) * b + 4 * N * d * 4  # in, norm, qkv, out(+copy), fp32 rope q/k
-    block = max(attention, (2 * N * d + N * mlp) * b)
+    block = max(attention, (3 * N * d + N * mlp) * b)  # MLP: the residual, the norm's input and output + its width
     pos = N * d * b if cost.position_copy else 0
     merged = N // (merge * merge) * out_h * b
     encoder = rope + pos + block + deepstack * merged
