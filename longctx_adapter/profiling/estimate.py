@@ -52,6 +52,8 @@ __all__ = [
 KV_BITS = (2, 4, 8)
 #: transformers' QuantizedCache defaults: tokens kept in full precision, values per quantization group
 KV_RESIDUAL, KV_GROUP = 128, 64
+#: the quantized-cache backends the estimator models
+KV_BACKENDS = ("quanto", "hqq")
 #: quantization scratch of one cache tensor, in copies of it: quanto (in the model dtype) and hqq on CPU (float32,
 #: besides the float32 input); measured on one true-width 7B cache layer (benchmarks/estimator_check.py)
 QUANTO_SCRATCH_COPIES, HQQ_SCRATCH_FLOAT32_COPIES = 2.25, 8
@@ -94,16 +96,12 @@ def quantized_kv_bytes_per_token(config, bits: int, dtype="bfloat16", group: int
     return values * bits / 8 + values / group * 2 * dtype_bytes(dtype)
 
 
-#: the quantized-cache backends the estimator models
-KV_BACKENDS = ("quanto", "hqq")
-
-
 def quantize_transient_bytes(values: int, dtype="bfloat16", device: str = "cpu", backend: str = "quanto") -> int:
     """Peak scratch of quantizing one cache tensor of `values` values with one of transformers' quantized-cache
-    backends; the one tensor's keys or values are quantized one after the other, so one scratch is live at a time.
+    backends; a layer's keys and values are quantized one after the other, so one scratch is live at a time.
 
     quanto (scale and shift per group from min/max, then round and pack): 2.25 copies of the tensor in the model
-    dtype (4.5 bytes per value in bf16: 4.0-5.1 measured on a true-width 7B layer at 8k tokens, 4 and 2 bits, every
+    dtype (4.5 bytes per value in bf16: 4.0-5.5 measured on a true-width 7B layer at 8k tokens, 4 and 2 bits, every
     kind of update; benchmarks/estimator_check.py). Assumed the same on CUDA (not measured).
     hqq (its proximal optimizer, hqq/core/optimize.py) works in float32: on CPU the float32 input (no copy when the
     model is float32) and 8 more float32 copies at once (36 bytes per value; 34.9-36.2 measured the same way): the
