@@ -96,6 +96,11 @@ def quantized_kv_bytes_per_token(config, bits: int, dtype="bfloat16", group: int
     return values * bits / 8 + values / group * 2 * dtype_bytes(dtype)
 
 
+def _check_kv_backend(backend: str) -> None:
+    if backend not in KV_BACKENDS:
+        raise AdapterError(f"kv_backend must be one of {KV_BACKENDS}, got {backend!r}")
+
+
 def quantize_transient_bytes(values: int, dtype="bfloat16", device: str = "cpu", backend: str = "quanto") -> int:
     """Peak scratch of quantizing one cache tensor of `values` values with one of transformers' quantized-cache
     backends; a layer's keys and values are quantized one after the other, so one scratch is live at a time.
@@ -107,8 +112,7 @@ def quantize_transient_bytes(values: int, dtype="bfloat16", device: str = "cpu",
     model is float32) and 8 more float32 copies at once (36 bytes per value; 34.9-36.2 measured the same way): the
     previous step's W_q and W_r, the new W_q and W_r, the error, its shrunk copy, and the zero-point update's
     temporaries. On CUDA (not measured) the steps run in float16: the float32 input plus about 9 float16 copies."""
-    if backend not in KV_BACKENDS:
-        raise AdapterError(f"kv_backend must be one of {KV_BACKENDS}, got {backend!r}")
+    _check_kv_backend(backend)
     if backend == "quanto":
         return int(values * QUANTO_SCRATCH_COPIES * dtype_bytes(dtype))
     if str(device).split(":")[0] == "cuda":
@@ -174,8 +178,7 @@ def estimate_memory(
     """
     if kv_bits is not None and kv_offload:
         raise AdapterError("kv_bits and kv_offload are two cache implementations; choose one")
-    if kv_backend not in KV_BACKENDS:
-        raise AdapterError(f"kv_backend must be one of {KV_BACKENDS}, got {kv_backend!r}")
+    _check_kv_backend(kv_backend)
     if kv_bits is not None and kv_bits not in KV_BITS:
         raise AdapterError(f"kv_bits must be one of {KV_BITS} (the quantized cache backends' widths), got {kv_bits!r}")
     config = getattr(config, "config", config)
